@@ -1,0 +1,45 @@
+"""``fairseq-plm-encode``: tokenize raw text with a PLM's own tokenizer, one line in, one line
+of space-separated pieces out (the input format of ``fairseq-preprocess``)."""
+
+import argparse
+import sys
+
+from ..plm.vocab import VocabularyError, WordPieceTokenizer, tokenizer_file
+
+
+def make_encoder(path):
+    """A function str -> list of pieces for a PLM directory or tokenizer file."""
+    import os
+
+    tok = tokenizer_file(path) if os.path.isdir(path) else path
+    if tok is None or not os.path.exists(tok):
+        raise VocabularyError(f"no tokenizer found at {path} (spiece.model, sentencepiece.bpe.model or vocab.txt)")
+    if tok.endswith(".model"):
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.Load(tok)
+        return lambda line: sp.EncodeAsPieces(line)
+    wp = WordPieceTokenizer(tok)
+    return wp.tokenize
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokenizer", required=True, help="PLM directory or its spiece.model / sentencepiece.bpe.model / vocab.txt")
+    p.add_argument("--inputs", nargs="+", default=["-"])
+    p.add_argument("--outputs", nargs="+", default=["-"])
+    args = p.parse_args(argv)
+    if len(args.inputs) != len(args.outputs):
+        p.error(f"--inputs has {len(args.inputs)} files but --outputs {len(args.outputs)}")
+    encode = make_encoder(args.tokenizer)
+    for src, dst in zip(args.inputs, args.outputs):
+        fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
+        fout = sys.stdout if dst == "-" else open(dst, "w", encoding="utf-8")
+        with fin, fout:
+            for line in fin:
+                fout.write(" ".join(encode(line.strip())) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Criterions of this package (method-specific losses register here)."""

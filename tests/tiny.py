@@ -1,0 +1,72 @@
+"""Tiny real fixtures: a parallel corpus from the gettext catalogs, a T5-style sentencepiece
+model trained on it, a tiny random GPT saved in HuggingFace format, binarized data."""
+
+import os
+import subprocess
+import sys
+
+import sentencepiece as spm
+import torch
+
+from fairseq_plm.data.gettext_corpus import read_catalogs, split_pairs, write_splits
+from fairseq_plm.plm.config import PLMConfig
+from fairseq_plm.plm.export import save_hf_gpt2
+from fairseq_plm.plm.gpt import GPT
+
+BIN = os.path.dirname(sys.executable)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USER_DIR = os.path.join(REPO, "fairseq_plm")
+
+
+def cli(name, *args, env=None, check=True):
+    """Run a console script of this venv; return CompletedProcess (stdout+stderr text)."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    p = subprocess.run([os.path.join(BIN, name), *map(str, args)], capture_output=True, text=True, env=full_env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def make_corpus(out_dir, n_train=120, n_valid=13, n_test=13):
+    pairs = read_catalogs("de")
+    splits = split_pairs(pairs, valid=n_valid, test=n_test)
+    splits["train"] = splits["train"][:n_train]
+    write_splits(splits, out_dir)
+    return splits
+
+
+def make_spm(text_files, prefix, vocab_size=300):
+    spm.SentencePieceTrainer.train(
+        input=",".join(map(str, text_files)), model_prefix=str(prefix), vocab_size=vocab_size,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", character_coverage=1.0,
+        minloglevel=2,
+    )
+    return f"{prefix}.model"
+
+
+def make_tiny_gpt(plm_dir, spm_model, extra_ids=4, layers=2, hidden=32, heads=4, seed=0):
+    sp = spm.SentencePieceProcessor()
+    sp.Load(spm_model)
+    cfg = PLMConfig(family="gpt2", vocab_size=sp.GetPieceSize() + extra_ids, hidden_size=hidden,
+                    num_layers=layers, num_heads=heads, intermediate_size=4 * hidden, max_positions=256,
+                    activation="gelu_new", pad_token_id=0)
+    model = GPT(cfg).init_random(seed)
+    save_hf_gpt2(model, plm_dir, spm_model)
+    return model
+
+
+def make_tiny_setup(root, **corpus_kw):
+    """raw corpus -> spm -> tiny GPT dir -> encoded text -> binarized data. Returns paths."""
+    raw, plm, tok, data = (os.path.join(root, d) for d in ("raw", "plm", "tok", "data-bin"))
+    make_corpus(raw, **corpus_kw)
+    model = make_spm([os.path.join(raw, "train.en"), os.path.join(raw, "train.de")], os.path.join(root, "spm"))
+    make_tiny_gpt(plm, model)
+    os.makedirs(tok, exist_ok=True)
+    files = [f"{s}.{l}" for s in ("train", "valid", "test") for l in ("en", "de")]
+    cli("fairseq-plm-encode", "--tokenizer", plm, "--inputs", *[os.path.join(raw, f) for f in files],
+        "--outputs", *[os.path.join(tok, f) for f in files])
+    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
+        "--trainpref", f"{tok}/train", "--validpref", f"{tok}/valid", "--testpref", f"{tok}/test",
+        "--srcdict", plm, "--tgtdict", plm, "--destdir", data, "--workers", "1")
+    return {"raw": raw, "plm": plm, "tok": tok, "data": data}

@@ -19,8 +19,13 @@ def _with_user_dir(argv):
 def _run(module_name):
     import importlib
 
+    from ..plm.errors import FairseqPLMError
+
     sys.argv = [sys.argv[0]] + _with_user_dir(sys.argv[1:])
-    return importlib.import_module(module_name).cli_main()
+    try:
+        return importlib.import_module(module_name).cli_main()
+    except (FairseqPLMError, FileNotFoundError) as e:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: {e}")
 
 
 def train():

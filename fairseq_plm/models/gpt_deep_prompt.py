@@ -16,6 +16,7 @@ import torch
 from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqIncrementalDecoder,
                             register_model)
 
+from ..plm.errors import FairseqPLMError
 from ..plm.fairseq_checks import check_dictionary
 from ..plm.frozen import FrozenPLMMixin, PLMArgs, build_frozen_plm
 from ..plm.prompts import DeepPrompt
@@ -104,7 +105,7 @@ class GPTDeepPromptModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
     def build_model(cls, cfg, task):
         plm = build_frozen_plm(cfg)
         if plm.cfg.family != "gpt2":
-            raise ValueError(f"--plm {cfg.plm} is a {plm.cfg.family} model; gpt_deep_prompt needs a causal GPT")
+            raise FairseqPLMError(f"--plm {cfg.plm} is a {plm.cfg.family} model; gpt_deep_prompt needs a causal GPT")
         for d, lang in ((task.source_dictionary, task.cfg.source_lang), (task.target_dictionary, task.cfg.target_lang)):
             check_dictionary(d, plm, cfg.plm, what=f"dict.{lang}.txt", data=task.cfg.data)
         c = plm.cfg

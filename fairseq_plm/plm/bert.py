@@ -6,6 +6,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from .errors import FairseqPLMError
 from .modules import ACTIVATIONS, KV, MLP, PLMOutput, PretrainedLM, SelfAttention, check_prefix, compose_padding_mask
 
 
@@ -96,7 +97,7 @@ class BertEncoder(PretrainedLM):
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, padding_mask, t, x.device)
         if position_ids.numel() and int(position_ids.max()) >= cfg.max_positions:
-            raise ValueError(
+            raise FairseqPLMError(
                 f"sequence of {t} tokens needs position {int(position_ids.max())}, beyond the "
                 f"PLM's {cfg.max_positions} positions (max {cfg.usable_positions} tokens)"
             )

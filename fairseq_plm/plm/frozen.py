@@ -10,6 +10,7 @@
 """
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 
 from fairseq.dataclass import FairseqDataclass
 
+from .errors import FairseqPLMError
 from .loading import load_plm
 from .modules import PretrainedLM
 
@@ -41,6 +43,8 @@ class PLMArgs(FairseqDataclass):
 
 
 def build_frozen_plm(cfg) -> PretrainedLM:
+    if os.path.isdir(cfg.plm):  # checkpoints remember an absolute path, valid from any cwd
+        cfg.plm = os.path.abspath(cfg.plm)
     plm = load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
     plm.freeze(keep_eval=not cfg.plm_dropout)
     plm.fingerprint = fingerprint(plm)
@@ -81,7 +85,7 @@ class FrozenPLMMixin:
         if any(is_plm_key(k) for k in state):  # a full checkpoint (PLM included) is fine too
             state = {k: v for k, v in state.items() if not is_plm_key(k)}
         if saved is not None and not torch.equal(saved.cpu(), self.plm.fingerprint):
-            raise ValueError(
+            raise FairseqPLMError(
                 f"this checkpoint was trained on a different PLM than the one loaded from "
                 f"--plm={getattr(model_cfg, 'plm', '?')} (weights fingerprint differs); point "
                 f"--plm (or --model-overrides \"{{'plm': ...}}\") at the PLM used in training"

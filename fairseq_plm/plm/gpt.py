@@ -5,6 +5,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from .errors import FairseqPLMError
 from .modules import (KV, MLP, KVCache, PLMOutput, PretrainedLM, SelfAttention, check_prefix,
                       compose_padding_mask)
 
@@ -82,7 +83,7 @@ class GPT(PretrainedLM):
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + t, device=x.device)[None]
         if position_ids.numel() and int(position_ids.max()) >= cfg.max_positions:
-            raise ValueError(
+            raise FairseqPLMError(
                 f"position {int(position_ids.max())} is beyond the PLM's {cfg.max_positions} "
                 f"positions; shorten the input (or the prompt) to fit"
             )

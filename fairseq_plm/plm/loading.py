@@ -17,12 +17,13 @@ from typing import Dict
 import torch
 
 from .bert import BertEncoder
+from .errors import FairseqPLMError
 from .config import PRESETS, PLMConfig, preset
 from .gpt import GPT
 from .modules import PretrainedLM
 
 
-class PLMLoadError(ValueError):
+class PLMLoadError(FairseqPLMError):
     """A PLM could not be loaded; the message names the file or setting at fault."""
 
 

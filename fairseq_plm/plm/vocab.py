@@ -16,10 +16,12 @@ from fairseq.data import Dictionary
 from fairseq.data.encoders import register_bpe
 from fairseq.dataclass import FairseqDataclass
 
+from .errors import FairseqPLMError
+
 HEADER = "#fairseq_plm_dictionary"
 
 
-class VocabularyError(ValueError):
+class VocabularyError(FairseqPLMError):
     pass
 
 

@@ -16,6 +16,9 @@ it separates source and target for a causal PLM, whose vocabulary (mT5) has no B
 import logging
 from dataclasses import dataclass
 
+from omegaconf import II
+
+from fairseq.data import data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
@@ -24,8 +27,29 @@ from ..plm.vocab import load_dictionary
 logger = logging.getLogger(__name__)
 
 
-class EverySentenceMixin:
-    """Inference batch iterators keep every sentence: no rounding of batch sizes."""
+class ExactBatchingMixin:
+    """Batching that neither drops sentences nor changes on resume.
+
+    * Inference iterators (every split but train) keep every sentence: no rounding of batch
+      sizes to a multiple of 8.
+    * fairseq builds the training batches once and reuses them across epochs, breaking ties
+      between equal-length sentences with a permutation seeded by the epoch they were built
+      in; a run resumed at epoch k would build them with another seed and see different
+      batches. We seed that tie-break with ``--seed`` alone, so a resumed run continues
+      exactly as an uninterrupted one.
+    """
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        dataset = self.datasets[split]
+        original = dataset.ordered_indices
+        seed = self.cfg.seed
+
+        def ordered_indices():
+            with data_utils.numpy_seed(seed):
+                return original()
+
+        dataset.ordered_indices = ordered_indices
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if dataset is not self.datasets.get("train"):
@@ -36,11 +60,11 @@ class EverySentenceMixin:
 
 @dataclass
 class PLMTranslationConfig(TranslationConfig):
-    pass
+    seed: int = II("common.seed")
 
 
 @register_task("plm_translation", dataclass=PLMTranslationConfig)
-class PLMTranslationTask(EverySentenceMixin, TranslationTask):
+class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         cfg.left_pad_source = False
         super().__init__(cfg, src_dict, tgt_dict)

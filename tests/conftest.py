@@ -1,0 +1,76 @@
+import dataclasses
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+import fairseq_plm  # noqa: E402,F401  (registers models/tasks, applies compat)
+
+
+def _config_classes_used_as_defaults():
+    """fairseq-fixed declares nested configs as ``field(default=SomeConfigClass)``: the *class*
+    is the default, so ``cfg.encoder.layers = 3`` writes a class attribute and leaks into
+    every config built later in the process. We snapshot those classes around each test."""
+    from fairseq.dataclass import FairseqDataclass
+    import fairseq.models.transformer  # noqa: F401  (defines the offending configs)
+
+    seen, todo, found = set(), list(FairseqDataclass.__subclasses__()), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        if dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                if isinstance(f.default, type) and dataclasses.is_dataclass(f.default):
+                    found.add(f.default)
+    return sorted(found, key=lambda c: c.__qualname__)
+
+
+_CONFIG_CLASSES = _config_classes_used_as_defaults()
+
+
+@pytest.fixture(autouse=True)
+def isolate_fairseq_config_classes():
+    snapshot = {cls: dict(vars(cls)) for cls in _CONFIG_CLASSES}
+    yield
+    for cls, attrs in snapshot.items():
+        for name in [n for n in vars(cls) if n not in attrs]:
+            delattr(cls, name)
+        for name, value in attrs.items():
+            if not name.startswith("__") and vars(cls).get(name, object()) is not value:
+                setattr(cls, name, value)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny real setup: gettext En-De corpus (120 train, 13 valid, 13 test), T5-style spm,
+    tiny random GPT in HF format, binarized data."""
+    from tiny import make_tiny_setup
+
+    return make_tiny_setup(str(tmp_path_factory.mktemp("tiny")))
+
+
+TRAIN_ARGS = ["--task", "plm_translation", "--arch", "gpt_deep_prompt", "--prompt-length", "8",
+              "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800",
+              "--criterion", "label_smoothed_cross_entropy", "--cpu", "--no-progress-bar",
+              "--log-format", "simple", "--log-interval", "1", "--seed", "3"]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny, tmp_path_factory):
+    """Two epochs of deep-prompt training through fairseq-plm-train."""
+    from tiny import cli
+
+    save = str(tmp_path_factory.mktemp("ckpt"))
+    cli("fairseq-plm-train", tiny["data"], "--plm", tiny["plm"], *TRAIN_ARGS, "--max-epoch", "2",
+        "--save-dir", save)
+    return dict(tiny, save=save)

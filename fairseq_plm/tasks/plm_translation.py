@@ -42,20 +42,24 @@ class ExactBatchingMixin:
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         dataset = self.datasets[split]
-        original = dataset.ordered_indices
-        seed = self.cfg.seed
-
-        def ordered_indices():
-            with data_utils.numpy_seed(seed):
-                return original()
-
-        dataset.ordered_indices = ordered_indices
+        dataset.ordered_indices = _SeededOrder(dataset.ordered_indices, self.cfg.seed)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if dataset is not self.datasets.get("train"):
             kwargs["required_batch_size_multiple"] = 1
             kwargs["skip_remainder_batch"] = False
         return super().get_batch_iterator(dataset, *args, **kwargs)
+
+
+class _SeededOrder:
+    """``dataset.ordered_indices`` run under a fixed numpy seed (picklable for workers)."""
+
+    def __init__(self, ordered_indices, seed):
+        self.ordered_indices, self.seed = ordered_indices, seed
+
+    def __call__(self):
+        with data_utils.numpy_seed(self.seed):
+            return self.ordered_indices()
 
 
 @dataclass

@@ -62,8 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prefix-len", type=int, default=16)
     p.add_argument("--vocab", type=int, default=8000, help="vocabulary size of the tiny models")
-    p.add_argument("--repeats", type=int, default=100, help="timed steps per implementation")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps per implementation")
+    p.add_argument("--repeats", type=int, default=60, help="timed steps per implementation")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per implementation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
@@ -111,6 +111,12 @@ def time_interleaved(fns, repeats, warmup, device):
             sync(device)
             times[n].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def quartiles(xs):
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    return tuple(statistics.quantiles(xs, n=4))
 
 
 def max_diff(a, b):
@@ -278,16 +284,21 @@ def main(argv=None):
     shape = (f"L={args.layers} C={args.hidden} H={args.heads} T={args.seq_len} B={args.batch} "
              f"P={args.prefix_len} V={args.vocab}")
     print()
-    print("| family | what gets gradients | shapes | ours median ms | HF median ms | ours/HF | parity check |")
-    print("|---|---|---|---|---|---|---|")
+    print("| family | what gets gradients | shapes | ours median ms | HF median ms | ours/HF "
+          "| paired ours/HF median [IQR] | parity check |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         o = statistics.median(r["ours"])
         if r["hf"] is None:
-            hf_ms, ratio = "n/a", "n/a"
+            hf_ms, ratio, paired = "n/a", "n/a", "n/a"
         else:
             hm = statistics.median(r["hf"])
             hf_ms, ratio = f"{hm:.2f}", f"{o / hm:.2f}"
-        print(f"| {r['family']} | {r['mode']} | {shape} | {o:.2f} | {hf_ms} | {ratio} | {r['check']} |")
+            # runs of the same round are adjacent in time: their ratio cancels slow drift
+            q1, q2, q3 = quartiles([a / b for a, b in zip(r["ours"], r["hf"])])
+            paired = f"{q2:.2f} [{q1:.2f}-{q3:.2f}]"
+        print(f"| {r['family']} | {r['mode']} | {shape} | {o:.2f} | {hf_ms} | {ratio} | {paired} "
+              f"| {r['check']} |")
     print()
     print("command: " + shlex.join(["python", os.path.relpath(__file__, os.getcwd())] + sys.argv[1:]))
 

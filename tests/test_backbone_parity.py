@@ -98,7 +98,7 @@ def right_padded(lengths, max_len, pad, low, seed):
 def gpt2_config(**kw):
     base = dict(vocab_size=VOCAB, n_positions=40, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
                 n_inner=None, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+                bos_token_id=1, eos_token_id=1, attn_implementation="eager")
     base.update(kw)
     return GPT2Config(**base)
 
@@ -526,3 +526,9 @@ def test_empty_directory(tmp_path):
 def test_preset_needs_random_init(name):
     with pytest.raises(PLMLoadError, match="preset"):
         load_plm(name)
+
+
+def test_gpt2_pad_equal_to_eos_does_not_mask_eos(tmp_path):
+    """HF GPT-2 fine-tunes often set pad_token_id = eos_token_id; then ids can't tell padding."""
+    hf, ours = make_gpt2(tmp_path, pad_token_id=1)
+    assert ours.cfg.pad_token_id is None

@@ -11,6 +11,7 @@ Supported sources:
 """
 
 import json
+import re
 import os
 from typing import Dict
 
@@ -55,7 +56,9 @@ def config_from_hf(path: str) -> PLMConfig:
                 layer_norm_eps=c.get("layer_norm_epsilon", 1e-5),
                 activation=c.get("activation_function", "gelu_new"),
                 dropout=c.get("resid_pdrop", 0.1), attention_dropout=c.get("attn_pdrop", 0.1),
-                pad_token_id=c.get("pad_token_id"),
+                # GPT-2 fine-tunes often set pad = eos; then padding can't be told from ids
+                pad_token_id=None if c.get("pad_token_id") in (c.get("eos_token_id"), c.get("bos_token_id"))
+                and c.get("pad_token_id") is not None else c.get("pad_token_id"),
                 tie_word_embeddings=c.get("tie_word_embeddings", True),
             )
         if model_type in ("bert", "xlm-roberta", "roberta"):
@@ -218,6 +221,20 @@ def load_weights(model: PretrainedLM, state, mapper, source: str):
             f"{source} lacks the tensor {e.args[0]!r} expected for a {model.cfg.num_layers}-layer "
             f"{model.cfg.family} model (wrong file, or config.json does not match the weights?)"
         ) from None
+    layers_in_file = {int(m.group(1)) for k in state
+                      if (m := re.search(r"(?:^|\.)(?:h|layer|layers)\.(\d+)\.", k))}
+    if layers_in_file and max(layers_in_file) + 1 != model.cfg.num_layers:
+        raise PLMLoadError(
+            f"{source} holds {max(layers_in_file) + 1} layers but the config says "
+            f"{model.cfg.num_layers}: config.json does not match the weights"
+        )
+    untied = [k for k in state if k.endswith(("lm_head.decoder.weight", "predictions.decoder.weight"))
+              and not torch.equal(state[k], state.get(k.replace("lm_head.decoder", "roberta.embeddings.word_embeddings")
+                                                      .replace("cls.predictions.decoder", "bert.embeddings.word_embeddings"),
+                                                      state[k]))]
+    if untied:
+        raise PLMLoadError(f"{source} has an MLM output matrix not tied to the word embeddings ({untied[0]}); "
+                           f"untied MLM heads are not supported")
     own = model.state_dict()
     if "lm_head.bias" in own and mapped.get("lm_head.bias") is None:
         mapped.pop("lm_head.bias", None)
@@ -260,6 +277,9 @@ def fairseq_roberta_config(ckpt: dict, path: str) -> PLMConfig:
     args = ckpt.get("args")
     if args is None and ckpt.get("cfg") is not None:
         args = ckpt["cfg"]["model"]
+    if args is not None and (getattr(args, "untie_weights_roberta", False) if not isinstance(args, dict)
+                             else args.get("untie_weights_roberta", False)):
+        raise PLMLoadError(f"{path}: untie_weights_roberta checkpoints are not supported")
     get = (lambda k, d=None: getattr(args, k, d)) if args is not None and not isinstance(args, dict) \
         else (lambda k, d=None: (args or {}).get(k, d))
     state = ckpt["model"]

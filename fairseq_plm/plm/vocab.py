@@ -27,10 +27,11 @@ class VocabularyError(FairseqPLMError):
 
 class PLMDictionary(Dictionary):
     def __init__(self, symbols: List[str], *, pad: int, eos: int, unk: int, bos: int,
-                 mask: Optional[int] = None, kind: str = "plm"):
+                 mask: Optional[int] = None, kind: str = "plm", allow_duplicates: bool = False):
         super().__init__(add_special_symbols=False)
         for s in symbols:
-            if s in self.indices:
+            # (a duplicate in a BERT vocab.txt maps to its last line, as BERT's tokenizer does)
+            if s in self.indices and not allow_duplicates:
                 raise VocabularyError(f"duplicate symbol {s!r} in the {kind} vocabulary")
             self.indices[s] = len(self.symbols)
             self.symbols.append(s)
@@ -63,7 +64,8 @@ class PLMDictionary(Dictionary):
             raise VocabularyError(f"{path} is truncated: expected {meta['size']} symbols")
         mask = int(meta["mask"])
         return cls(symbols, pad=int(meta["pad"]), eos=int(meta["eos"]), unk=int(meta["unk"]),
-                   bos=int(meta["bos"]), mask=None if mask < 0 else mask, kind=meta["kind"])
+                   bos=int(meta["bos"]), mask=None if mask < 0 else mask, kind=meta["kind"],
+                   allow_duplicates=meta["kind"] == "wordpiece")
 
     def same_vocabulary(self, other) -> bool:
         return self.symbols == list(other.symbols)
@@ -129,7 +131,8 @@ def wordpiece_dictionary(vocab_path: str) -> PLMDictionary:
     try:
         idx = {s: i for i, s in enumerate(symbols)}
         return PLMDictionary(symbols, pad=idx["[PAD]"], eos=idx["[SEP]"], unk=idx["[UNK]"],
-                             bos=idx["[CLS]"], mask=idx.get("[MASK]"), kind="wordpiece")
+                             bos=idx["[CLS]"], mask=idx.get("[MASK]"), kind="wordpiece",
+                             allow_duplicates=True)
     except KeyError as e:
         raise VocabularyError(f"{vocab_path} lacks the special token {e.args[0]}") from None
 

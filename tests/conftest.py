@@ -59,7 +59,7 @@ def tiny(tmp_path_factory):
     return make_tiny_setup(str(tmp_path_factory.mktemp("tiny")))
 
 
-TRAIN_ARGS = ["--task", "plm_translation", "--arch", "gpt_deep_prompt", "--prompt-length", "8",
+TRAIN_ARGS = ["--task", "plm_translation", "--arch", "msp_single_stage", "--prompt-length", "8",
               "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800",
               "--criterion", "label_smoothed_cross_entropy", "--cpu", "--no-progress-bar",
               "--log-format", "simple", "--log-interval", "1", "--seed", "3"]

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fairseq_plm.models.gpt_deep_prompt import GPTDeepPromptConfig, GPTDeepPromptModel
+from fairseq_plm.models.msp import MSPConfig, MSPModel
 from fairseq_plm.plm import GPT, BertEncoder, PLMLoadError, load_plm, preset
 from fairseq_plm.plm.errors import FairseqPLMError
 from fairseq_plm.plm.modules import KVCache
@@ -49,15 +49,15 @@ def _task(tiny):
 def test_plm_is_frozen_pinned_to_eval_and_unchanged_by_training(tiny):
     task = _task(tiny)
     task.load_dataset("train")
-    model = GPTDeepPromptModel.build_model(GPTDeepPromptConfig(plm=tiny["plm"], prompt_length=4), task)
+    model = MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4, single_stage=True), task)
     before = {k: v.clone() for k, v in model.plm.state_dict().items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"encoder.prompt.phi", "encoder.prompt.alpha"}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"encoder.prompts.0.phi", "encoder.prompts.0.alpha"}
     opt = torch.optim.Adam(trainable, lr=0.05)
     model.train()
     assert model.training and not model.plm.training  # dropout of the PLM stays off
     itr = task.get_batch_iterator(task.dataset("train"), max_tokens=600).next_epoch_itr(shuffle=False)
-    prompt0 = model.encoder.prompt.phi.detach().clone()
+    prompt0 = model.encoder.prompts[0].phi.detach().clone()
     for _, sample in zip(range(3), itr):
         net = sample["net_input"]
         logits, _ = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
@@ -65,7 +65,7 @@ def test_plm_is_frozen_pinned_to_eval_and_unchanged_by_training(tiny):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert not torch.equal(prompt0, model.encoder.prompt.phi)
+    assert not torch.equal(prompt0, model.encoder.prompts[0].phi)
     for k, v in model.plm.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.plm.parameters())
@@ -79,10 +79,10 @@ def test_data_dictionary_must_match_the_plm(tiny, tmp_path):
     symbols[10], symbols[11] = symbols[11], symbols[10]
     task.src_dict = PLMDictionary(symbols, pad=0, eos=1, unk=2, bos=1, kind="t5")
     with pytest.raises(FairseqPLMError, match=r"dict\.en\.txt does not match .*spiece\.model: id 10"):
-        GPTDeepPromptModel.build_model(GPTDeepPromptConfig(plm=tiny["plm"], prompt_length=4), task)
+        MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4, single_stage=True), task)
     task.src_dict = PLMDictionary(symbols[:-3], pad=0, eos=1, unk=2, bos=1, kind="t5")
     with pytest.raises(FairseqPLMError, match=r"dict\.en\.txt has \d+ entries but the PLM"):
-        GPTDeepPromptModel.build_model(GPTDeepPromptConfig(plm=tiny["plm"], prompt_length=4), task)
+        MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4, single_stage=True), task)
 
 
 def test_sequence_longer_than_the_plm_positions(tiny):

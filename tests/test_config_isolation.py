@@ -16,8 +16,8 @@ def test_previous_test_did_not_leak():
 
 
 def test_our_model_configs_are_independent():
-    from fairseq_plm.models.gpt_deep_prompt import GPTDeepPromptConfig
+    from fairseq_plm.models.msp import MSPConfig
 
-    a, b = GPTDeepPromptConfig(), GPTDeepPromptConfig()
+    a, b = MSPConfig(), MSPConfig()
     a.prompt_length = 3
-    assert b.prompt_length == 128 and GPTDeepPromptConfig().prompt_length == 128
+    assert b.prompt_length == 128 and MSPConfig().prompt_length == 128

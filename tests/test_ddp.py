@@ -27,4 +27,4 @@ def test_two_process_cpu_training_keeps_replicas_identical(tiny, tmp_path):
     for name in r0["params"]:
         assert torch.equal(r0["params"][name], r1["params"][name]), name
     # and training did something: alpha starts at exactly 1.0 (MSP Eq. 10)
-    assert r0["params"]["encoder.prompt.alpha"].item() != 1.0
+    assert r0["params"]["encoder.prompts.0.alpha"].item() != 1.0

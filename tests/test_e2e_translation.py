@@ -26,11 +26,11 @@ def hypothesis_ids(output):
 def test_checkpoints_hold_only_the_prompt(trained):
     state = load(os.path.join(trained["save"], "checkpoint_last.pt"))
     keys = set(state["model"])
-    assert keys == {"encoder.prompt.phi", "encoder.prompt.alpha", "plm_fingerprint"}
+    assert keys == {"encoder.prompts.0.phi", "encoder.prompts.0.alpha", "plm_fingerprint"}
     assert state["cfg"]["model"]["plm"] == os.path.abspath(trained["plm"])
     # the prompt trained: it moved away from the first epoch's values
-    first = load(os.path.join(trained["save"], "checkpoint1.pt"))["model"]["encoder.prompt.phi"]
-    assert not torch.equal(first, state["model"]["encoder.prompt.phi"])
+    first = load(os.path.join(trained["save"], "checkpoint1.pt"))["model"]["encoder.prompts.0.phi"]
+    assert not torch.equal(first, state["model"]["encoder.prompts.0.phi"])
 
 
 @pytest.mark.parametrize("batching", [["--batch-size", "4"], ["--max-tokens", "60"], ["--batch-size", "1"]])
@@ -103,7 +103,7 @@ def test_average_checkpoints(trained, tmp_path):
     avg = str(tmp_path / "avg.pt")
     cli("fairseq-plm-average-checkpoints", "--inputs", c1, c2, "--output", avg)
     a, b, m = load(c1)["model"], load(c2)["model"], load(avg)["model"]
-    assert torch.allclose(m["encoder.prompt.phi"], (a["encoder.prompt.phi"] + b["encoder.prompt.phi"]) / 2)
+    assert torch.allclose(m["encoder.prompts.0.phi"], (a["encoder.prompts.0.phi"] + b["encoder.prompts.0.phi"]) / 2)
     assert torch.equal(m["plm_fingerprint"], a["plm_fingerprint"])
     cli("fairseq-plm-average-checkpoints", "--inputs", trained["save"], "--num-epoch-checkpoints", "2",
         "--output", avg)
@@ -144,3 +144,22 @@ def test_training_log_counts_only_the_prompt(tiny, tmp_path):
     total, trained_n = (int(x.replace(",", "")) for x in m.groups())
     # 2 layers x (key, value) x 8 prompt vectors x 32 dims + alpha
     assert trained_n == 2 * 2 * 8 * 32 + 1 and total > trained_n
+
+
+def test_training_batches_keep_the_remainder(trained):
+    """fairseq's batch_by_size drops a remainder smaller than --required-batch-size-multiple."""
+    from fairseq.data import data_utils
+    import numpy as np
+
+    from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
+
+    assert data_utils.batch_by_size(np.arange(3), lambda i: 4, max_tokens=64, required_batch_size_multiple=8) == []
+    cfg = PLMTranslationConfig(data=trained["data"], source_lang="en", target_lang="de", dataset_impl=None,
+                               train_subset="train", required_seq_len_multiple=1, seed=1)
+    task = PLMTranslationTask.setup_task(cfg)
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    for max_tokens in (300, 1000, 5000):
+        itr = task.get_batch_iterator(ds, max_tokens=max_tokens, required_batch_size_multiple=8)
+        ids = sorted(i for b in itr.next_epoch_itr(shuffle=True) for i in b["id"].tolist())
+        assert ids == list(range(len(ds))), max_tokens

@@ -1,1 +1,1 @@
-from . import gpt_deep_prompt  # noqa: F401  (registers gpt_deep_prompt)
+from . import msp  # noqa: F401  (registers msp, prefix_tuning, prompt_tuning)

@@ -26,3 +26,40 @@ class DeepPrompt(nn.Module):
         p = self.phi if self.alpha is None else torch.clamp(self.alpha, min=1.0) * self.phi  # Eq. 10
         p = p.view(self.num_layers, 2, self.length, self.num_heads, self.head_dim).transpose(2, 3)
         return [(p[i, 0][None], p[i, 1][None]) for i in range(self.num_layers)]
+
+
+class MLPDeepPrompt(nn.Module):
+    """Prefix-tuning's deep prompt (Li & Liang 2021): P = MLP(E), E a [L, d] embedding and
+    MLP: Linear(d, mid) -> tanh -> Linear(mid, 2·N·d). With mGPT (d=1024, N=24), L=128 and
+    mid=512 this is 25.9M trainable parameters: the "26M" of MSP Table 1."""
+
+    def __init__(self, num_layers, num_heads, head_dim, length, hidden, mid_dim=512):
+        super().__init__()
+        self.num_layers, self.num_heads, self.head_dim, self.length = num_layers, num_heads, head_dim, length
+        self.embedding = nn.Parameter(torch.empty(length, hidden))
+        nn.init.xavier_uniform_(self.embedding)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mid_dim), nn.Tanh(),
+                                 nn.Linear(mid_dim, 2 * num_layers * num_heads * head_dim))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self):
+        p = self.mlp(self.embedding)  # [L, 2·N·d]
+        p = p.view(self.length, self.num_layers, 2, self.num_heads, self.head_dim).permute(1, 2, 3, 0, 4)
+        return [(p[i, 0][None], p[i, 1][None]) for i in range(self.num_layers)]
+
+
+class EmbeddingPrompt(nn.Module):
+    """Prompt tuning (Lester et al. 2021): L virtual token embeddings at the input layer only
+    (128 x 1024 = 131K parameters for mGPT: MSP Table 1)."""
+
+    def __init__(self, length, hidden):
+        super().__init__()
+        self.length = length
+        self.embedding = nn.Parameter(torch.empty(length, hidden))
+        nn.init.xavier_uniform_(self.embedding)
+
+    def forward(self):
+        return self.embedding[None]  # [1, L, d]

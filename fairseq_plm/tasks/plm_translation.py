@@ -16,6 +16,7 @@ it separates source and target for a causal PLM, whose vocabulary (mT5) has no B
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 from omegaconf import II
 
 from fairseq.data import data_utils
@@ -30,8 +31,10 @@ logger = logging.getLogger(__name__)
 class ExactBatchingMixin:
     """Batching that neither drops sentences nor changes on resume.
 
-    * Inference iterators (every split but train) keep every sentence: no rounding of batch
-      sizes to a multiple of 8.
+    * fairseq's ``batch_by_size`` rounds batches to ``--required-batch-size-multiple`` (8)
+      and silently drops a final remainder smaller than that (3 sentences with 8: no batch at
+      all). Every split keeps every sentence here: the remainder becomes one more batch, and
+      inference iterators (every split but train) do not round at all.
     * fairseq builds the training batches once and reuses them across epochs, breaking ties
       between equal-length sentences with a permutation seeded by the epoch they were built
       in; a run resumed at epoch k would build them with another seed and see different
@@ -43,12 +46,30 @@ class ExactBatchingMixin:
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         dataset = self.datasets[split]
         dataset.ordered_indices = _SeededOrder(dataset.ordered_indices, self.cfg.seed)
+        dataset.batch_by_size = _KeepRemainder(dataset.batch_by_size)
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         if dataset is not self.datasets.get("train"):
             kwargs["required_batch_size_multiple"] = 1
             kwargs["skip_remainder_batch"] = False
         return super().get_batch_iterator(dataset, *args, **kwargs)
+
+
+class _KeepRemainder:
+    """``dataset.batch_by_size`` that batches, instead of dropping, what rounding left out."""
+
+    def __init__(self, batch_by_size):
+        self.batch_by_size = batch_by_size
+
+    def __call__(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        batches = self.batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple)
+        if required_batch_size_multiple <= 1:
+            return batches
+        covered = set(int(i) for b in batches for i in b)
+        left = np.array([i for i in indices if int(i) not in covered], dtype=np.int64)
+        if len(left):
+            batches = list(batches) + list(self.batch_by_size(left, max_tokens, max_sentences, 1))
+        return batches
 
 
 class _SeededOrder:

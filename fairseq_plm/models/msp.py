@@ -1,0 +1,266 @@
+"""Multi-stage prompting (MSP, Tan et al. 2022) of a frozen causal PLM, and its baselines.
+
+Registered models (all on the shared GPT backbone, all trained with fairseq's
+``label_smoothed_cross_entropy``, i.e. MSP Eq. 7 with optional label smoothing):
+
+  ``msp``            encoding stage (Eq. 4) -> ``--reencoding-stages`` re-encoding stages (Eq. 5)
+                     -> decoding stage (Eq. 6); one deep prompt per stage (§3.1) with scaled
+                     reparameterization P = max(alpha, 1) * phi (Eq. 8-10).
+                     Architectures for MSP Table 5: ``msp`` (default, 1 re-encoding, 19.0M at
+                     mGPT size), ``msp_single_stage`` (6.3M), ``msp_two_stage`` (12.6M),
+                     ``msp_2nd_reencoding`` (25.1M), ``msp_prompt_sharing`` (6.3M).
+  ``prefix_tuning``  single-stage deep prompts reparameterized by an MLP (Li & Liang; 26M).
+  ``prompt_tuning``  single-stage virtual tokens at the embedding layer only (Lester et al.; 131K).
+
+How the stages map onto fairseq: the *encoder* runs the encoding and re-encoding stages once
+per sentence and returns the decoder's prefix [P_d; H_r] (per layer keys and values);
+``SequenceGenerator`` reorders it with the beam instead of recomputing it. The *decoder* is the
+decoding stage, consuming target tokens incrementally with a KV cache. Position ids restart
+at 0 in every stage (MSP Fig. 1); in single-stage prompting source and target form one
+sequence, so target positions continue after the source.
+"""
+
+from dataclasses import dataclass, field
+from typing import List
+
+import torch
+import torch.nn as nn
+from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqIncrementalDecoder,
+                            register_model, register_model_architecture)
+
+from ..plm.errors import FairseqPLMError
+from ..plm.fairseq_checks import check_dictionary
+from ..plm.frozen import FrozenPLMMixin, PLMArgs, build_frozen_plm
+from ..plm.prompts import DeepPrompt, EmbeddingPrompt, MLPDeepPrompt
+
+
+# ------------------------------------------------------------------------------ configs
+
+@dataclass
+class PromptArgs(PLMArgs):
+    prompt_length: int = field(default=128, metadata={"help": "prompt length L (MSP §4.1: 128)"})
+
+
+@dataclass
+class MSPConfig(PromptArgs):
+    reencoding_stages: int = field(
+        default=1, metadata={"help": "number of re-encoding stages: 0 = two-stage (encoding/decoding), "
+                                     "1 = MSP default, 2 = '+2nd re-encoding' (Table 5)"})
+    share_prompts: bool = field(
+        default=False, metadata={"help": "one prompt for all stages ('+ Prompt sharing', Table 5)"})
+    single_stage: bool = field(
+        default=False, metadata={"help": "single-stage prompting: source and target in one sequence "
+                                         "behind one prompt (Table 5, first row)"})
+    no_scaled_reparam: bool = field(
+        default=False, metadata={"help": "plain prompts P = phi instead of max(alpha, 1) * phi (Eq. 8-10; §4.7)"})
+
+
+@dataclass
+class PrefixTuningConfig(PromptArgs):
+    prefix_mlp_dim: int = field(default=512, metadata={"help": "hidden size of the reparameterization MLP"})
+
+
+@dataclass
+class PromptTuningConfig(PromptArgs):
+    pass
+
+
+# ------------------------------------------------------------------------------ encoder / decoder
+
+def _concat_prefix(prompt, activations, b):
+    """Per layer [P; H]: prompt keys/values [1, H, L, D] expanded to the batch, then H."""
+    keys = [torch.cat([pk.expand(b, -1, -1, -1), k], dim=2) for (pk, _), (k, _) in zip(prompt, activations)]
+    values = [torch.cat([pv.expand(b, -1, -1, -1), v], dim=2) for (_, pv), (_, v) in zip(prompt, activations)]
+    return keys, values
+
+
+class StagedPromptEncoder(FairseqEncoder):
+    """Source-side stages. ``stage_prompts`` holds one prompt module per stage, in order
+    [encoding, re-encoding..., decoding] (the same module repeated when prompts are shared);
+    ``input_prompt`` is prompt tuning's embedding-layer prompt."""
+
+    def __init__(self, dictionary, plm, stage_prompts: List[nn.Module], single_stage=False, input_prompt=None):
+        super().__init__(dictionary)
+        self.plm = plm
+        self.prompts = nn.ModuleList(_unique(stage_prompts))
+        self._stage_index = [_index_of(p, self.prompts) for p in stage_prompts]
+        self.single_stage = single_stage
+        self.input_prompt = input_prompt
+        self.padding_idx = dictionary.pad()
+
+    def stage_prompt(self, i):
+        return self.prompts[self._stage_index[i]]
+
+    def forward(self, src_tokens, src_lengths=None, **unused):
+        b, s = src_tokens.shape
+        pad = src_tokens.eq(self.padding_idx)
+        keep = (~pad).long()
+        positions = (torch.cumsum(keep, dim=1) - 1).clamp(min=0)  # 0..|x|-1 whichever side is padded
+        if self.input_prompt is not None:  # prompt tuning: [V; x] in one input sequence
+            v = self.input_prompt()
+            x = torch.cat([v.expand(b, -1, -1).to(self.plm.wte.weight.dtype), self.plm.embed(src_tokens)], dim=1)
+            n = v.size(1)
+            pos = torch.cat([torch.arange(n, device=src_tokens.device)[None].expand(b, -1), positions + n], dim=1)
+            mask = torch.cat([pad.new_zeros(b, n), pad], dim=1)
+            h = self.plm(inputs_embeds=x, padding_mask=mask, position_ids=pos, use_cache=True).cache.layers
+            return {"prefix_keys": [k for k, _ in h], "prefix_values": [v_ for _, v_ in h],
+                    "prefix_padding_mask": [mask], "target_offset": [keep.sum(dim=1) + n]}
+        stages = len(self._stage_index)
+        # Encoding stage, Eq. (4): H_e = f_LM(X, P_e)
+        prompt = self.stage_prompt(0)()
+        h = self.plm(src_tokens, prefix=prompt, padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
+        prompt_pad = pad.new_zeros(b, 0)
+        # Re-encoding stages, Eq. (5): H_r = f_LM(X, [P_r; H_e]); positions restart at 0
+        for i in range(1, stages - 1):
+            prompt = self.stage_prompt(i)()
+            keys, values = _concat_prefix(prompt, h, b)
+            prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
+            h = self.plm(src_tokens, prefix=list(zip(keys, values)), prefix_padding_mask=torch.cat([prompt_pad, pad], 1),
+                         padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
+        # Decoding stage's prefix, Eq. (6): [P_d; H_r] (single-stage: [P; H_e] with the same P)
+        prompt = self.stage_prompt(stages - 1)()
+        keys, values = _concat_prefix(prompt, h, b)
+        prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
+        offset = keep.sum(dim=1) if self.single_stage else keep.new_zeros(b)
+        return {"prefix_keys": keys, "prefix_values": values,
+                "prefix_padding_mask": [torch.cat([prompt_pad, pad], dim=1)], "target_offset": [offset]}
+
+    def reorder_encoder_out(self, encoder_out, new_order):
+        return {k: [t.index_select(0, new_order) for t in v] for k, v in encoder_out.items()}
+
+    def max_positions(self):
+        n = 0 if self.input_prompt is None else self.input_prompt.length
+        return self.plm.cfg.max_positions - n
+
+
+class PrefixConditionedDecoder(FairseqIncrementalDecoder):
+    """Decoding stage: the frozen PLM continues behind the encoder's prefix, Eq. (6); output
+    probabilities through the tied embedding, Eq. (3)/(7). KV cache in fairseq's incremental state."""
+
+    def __init__(self, dictionary, plm):
+        super().__init__(dictionary)
+        self.plm = plm
+        self.padding_idx = dictionary.pad()
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
+        cache = None
+        if incremental_state is not None:
+            cache = self.get_incremental_state(incremental_state, "cache")
+            if cache is not None:
+                prev_output_tokens = prev_output_tokens[:, cache.length:]
+        past = 0 if cache is None else cache.length
+        t = prev_output_tokens.size(1)
+        positions = encoder_out["target_offset"][0][:, None] + past + torch.arange(t, device=prev_output_tokens.device)
+        out = self.plm(prev_output_tokens, prefix=list(zip(encoder_out["prefix_keys"], encoder_out["prefix_values"])),
+                       prefix_padding_mask=encoder_out["prefix_padding_mask"][0],
+                       padding_mask=prev_output_tokens.eq(self.padding_idx), position_ids=positions,
+                       cache=cache, use_cache=incremental_state is not None)
+        if incremental_state is not None:
+            self.set_incremental_state(incremental_state, "cache", out.cache)
+        x = out.hidden if features_only else self.plm.logits(out.hidden)
+        return x, {"attn": [None], "inner_states": None}
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        cache = self.get_incremental_state(incremental_state, "cache")
+        if cache is not None:
+            self.set_incremental_state(incremental_state, "cache", cache.reorder(new_order))
+
+    def max_positions(self):
+        return self.plm.cfg.max_positions
+
+
+def _unique(modules):
+    out = []
+    for m in modules:
+        if not any(m is o for o in out):
+            out.append(m)
+    return out
+
+
+def _index_of(m, modules):
+    return next(i for i, o in enumerate(modules) if o is m)
+
+
+# ------------------------------------------------------------------------------ models
+
+class PromptedGPTModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
+    """A frozen causal PLM steered to translation by trainable prompts only."""
+
+    @property
+    def plm(self):
+        return self.encoder.plm
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        plm = build_frozen_plm(cfg)
+        if plm.cfg.family != "gpt2":
+            raise FairseqPLMError(f"--plm {cfg.plm} is a {plm.cfg.family} model; {cls.__name__} needs a causal GPT")
+        for d, lang in ((task.source_dictionary, task.cfg.source_lang), (task.target_dictionary, task.cfg.target_lang)):
+            check_dictionary(d, plm, cfg.plm, what=f"dict.{lang}.txt", data=task.cfg.data)
+        encoder = cls.build_encoder(cfg, task.source_dictionary, plm)
+        return cls(encoder, PrefixConditionedDecoder(task.target_dictionary, plm))
+
+    def max_positions(self):
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+@register_model("msp", dataclass=MSPConfig)
+class MSPModel(PromptedGPTModel):
+    @classmethod
+    def build_encoder(cls, cfg, dictionary, plm):
+        c = plm.cfg
+        if cfg.single_stage:
+            stages = 1
+        else:
+            if not 0 <= cfg.reencoding_stages <= 8:
+                raise FairseqPLMError(f"--reencoding-stages={cfg.reencoding_stages}: expected 0..8")
+            stages = 2 + cfg.reencoding_stages  # encoding, re-encoding(s), decoding
+
+        def new_prompt():
+            return DeepPrompt(c.num_layers, c.num_heads, c.head_dim, cfg.prompt_length, scaled=not cfg.no_scaled_reparam)
+
+        if cfg.single_stage or cfg.share_prompts:
+            shared = new_prompt()
+            prompts = [shared] * max(stages, 2)
+        else:
+            prompts = [new_prompt() for _ in range(stages)]
+        return StagedPromptEncoder(dictionary, plm, prompts, single_stage=cfg.single_stage)
+
+
+@register_model("prefix_tuning", dataclass=PrefixTuningConfig)
+class PrefixTuningModel(PromptedGPTModel):
+    @classmethod
+    def build_encoder(cls, cfg, dictionary, plm):
+        c = plm.cfg
+        prompt = MLPDeepPrompt(c.num_layers, c.num_heads, c.head_dim, cfg.prompt_length, c.hidden_size,
+                               cfg.prefix_mlp_dim)
+        return StagedPromptEncoder(dictionary, plm, [prompt, prompt], single_stage=True)
+
+
+@register_model("prompt_tuning", dataclass=PromptTuningConfig)
+class PromptTuningModel(PromptedGPTModel):
+    @classmethod
+    def build_encoder(cls, cfg, dictionary, plm):
+        return StagedPromptEncoder(dictionary, plm, [], single_stage=True,
+                                   input_prompt=EmbeddingPrompt(cfg.prompt_length, plm.cfg.hidden_size))
+
+
+# Table 5 configurations
+@register_model_architecture("msp", "msp_single_stage")
+def msp_single_stage(args):
+    args.single_stage = getattr(args, "single_stage", True)
+
+
+@register_model_architecture("msp", "msp_two_stage")
+def msp_two_stage(args):
+    args.reencoding_stages = getattr(args, "reencoding_stages", 0)
+
+
+@register_model_architecture("msp", "msp_2nd_reencoding")
+def msp_2nd_reencoding(args):
+    args.reencoding_stages = getattr(args, "reencoding_stages", 2)
+
+
+@register_model_architecture("msp", "msp_prompt_sharing")
+def msp_prompt_sharing(args):
+    args.share_prompts = getattr(args, "share_prompts", True)

@@ -1,0 +1,1 @@
+"""Runnable recipes (quickstart, tiny PLM pre-training). Each is ``python -m fairseq_plm.recipes.<name>``."""

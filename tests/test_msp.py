@@ -1,0 +1,199 @@
+"""MSP and its baselines: stage semantics against a direct computation, cached beam search
+against uncached scoring, Table 1/5 parameter counts at mGPT size, CLI training/decoding."""
+
+import os
+import re
+
+import pytest
+import torch
+
+from fairseq_plm.models.msp import MSPConfig, MSPModel, PrefixTuningConfig, PrefixTuningModel, PromptTuningConfig, \
+    PromptTuningModel
+from fairseq_plm.plm.prompts import DeepPrompt
+from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
+from tiny import USER_DIR, cli
+
+VARIANTS = {
+    "msp": (MSPModel, MSPConfig, {}),
+    "two_stage": (MSPModel, MSPConfig, {"reencoding_stages": 0}),
+    "2nd_reencoding": (MSPModel, MSPConfig, {"reencoding_stages": 2}),
+    "sharing": (MSPModel, MSPConfig, {"share_prompts": True}),
+    "single_stage": (MSPModel, MSPConfig, {"single_stage": True}),
+    "prefix_tuning": (PrefixTuningModel, PrefixTuningConfig, {"prefix_mlp_dim": 16}),
+    "prompt_tuning": (PromptTuningModel, PromptTuningConfig, {}),
+}
+
+
+@pytest.fixture(scope="module")
+def task(tiny):
+    cfg = PLMTranslationConfig(data=tiny["data"], source_lang="en", target_lang="de", dataset_impl=None,
+                               train_subset="train", required_seq_len_multiple=1, seed=1)
+    t = PLMTranslationTask.setup_task(cfg)
+    t.load_dataset("test")
+    return t
+
+
+def build(name, tiny, task, **kw):
+    cls, cfg_cls, extra = VARIANTS[name]
+    torch.manual_seed(0)
+    model = cls.build_model(cfg_cls(plm=tiny["plm"], prompt_length=5, **{**extra, **kw}), task).eval()
+    with torch.no_grad():  # move prompts away from their init so every stage matters
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    return model
+
+
+def _xy(task, n=1):
+    ds = task.dataset("test")
+    return ds[0]["source"][None], torch.cat([torch.tensor([task.tgt_dict.eos()]), ds[0]["target"][:-1]])[None]
+
+
+def test_msp_stages_follow_eq_4_to_6(tiny, task):
+    model = build("2nd_reencoding", tiny, task)
+    plm, enc = model.plm, model.encoder
+    x, y = _xy(task)
+    pe, pr1, pr2, pd = (enc.stage_prompt(i)() for i in range(4))
+
+    def cat(prompt, h):
+        return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prompt, h)]
+
+    with torch.no_grad():
+        h_e = plm(x, prefix=pe, use_cache=True).cache.layers                   # Eq. (4)
+        h_r = plm(x, prefix=cat(pr1, h_e), use_cache=True).cache.layers         # Eq. (5)
+        h_r = plm(x, prefix=cat(pr2, h_r), use_cache=True).cache.layers         # 2nd re-encoding
+        ref = plm.logits(plm(y, prefix=cat(pd, h_r)).hidden)                    # Eq. (6), positions from 0
+        ours, _ = model(x, torch.tensor([x.size(1)]), y)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    # the decoding stage never sees the encoding stage's activations directly
+    with torch.no_grad():
+        wrong = plm.logits(plm(y, prefix=cat(pd, h_e)).hidden)
+    assert not torch.allclose(ours, wrong, atol=1e-3)
+
+
+def test_single_stage_is_one_sequence_behind_one_prompt(tiny, task):
+    for name in ("single_stage", "prefix_tuning"):
+        model = build(name, tiny, task)
+        x, y = _xy(task)
+        with torch.no_grad():
+            p = model.encoder.stage_prompt(0)()
+            ref = model.plm.logits(model.plm(torch.cat([x, y], 1), prefix=p).hidden)[:, x.size(1):]
+            ours, _ = model(x, torch.tensor([x.size(1)]), y)
+        assert torch.allclose(ours, ref, atol=1e-5), name
+
+
+def test_prompt_tuning_is_virtual_tokens_at_the_input(tiny, task):
+    model = build("prompt_tuning", tiny, task)
+    x, y = _xy(task)
+    with torch.no_grad():
+        v = model.encoder.input_prompt()
+        seq = torch.cat([v, model.plm.embed(torch.cat([x, y], 1))], 1)
+        ref = model.plm.logits(model.plm(inputs_embeds=seq).hidden)[:, v.size(1) + x.size(1):]
+        ours, _ = model(x, torch.tensor([x.size(1)]), y)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_padded_batch_equals_sentences_alone(tiny, task, name):
+    model = build(name, tiny, task)
+    ds = task.dataset("test")
+    batch = ds.collater([ds[i] for i in range(4)])
+    net = batch["net_input"]
+    with torch.no_grad():
+        logits, _ = model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])
+        for row, i in enumerate(batch["id"].tolist()):
+            one = ds.collater([ds[i]])["net_input"]
+            alone, _ = model(one["src_tokens"], one["src_lengths"], one["prev_output_tokens"])
+            t = alone.size(1)
+            assert torch.allclose(logits[row, :t], alone[0], atol=1e-4), (name, i)
+
+
+@pytest.mark.parametrize("name", ["msp", "single_stage", "prompt_tuning", "prefix_tuning"])
+def test_cached_beam_search_equals_uncached_scoring(tiny, task, name):
+    from fairseq.sequence_generator import SequenceGenerator
+
+    model = build(name, tiny, task)
+    ds = task.dataset("test")
+    sample = ds.collater([ds[i] for i in range(5)])
+    gen = SequenceGenerator([model], task.tgt_dict, beam_size=4, max_len_a=0, max_len_b=12, min_len=3)
+    with torch.no_grad():
+        hyps = gen.generate([model], sample)
+    eos = task.tgt_dict.eos()
+    for row, beams in enumerate(hyps):
+        src = sample["net_input"]["src_tokens"][row]
+        src = src[src.ne(task.src_dict.pad())][None]
+        for h in beams:
+            tokens = h["tokens"][None]
+            prev = torch.cat([torch.tensor([[eos]]), tokens[:, :-1]], 1)
+            with torch.no_grad():
+                logits, _ = model(src, torch.tensor([src.size(1)]), prev)
+            lp = torch.log_softmax(logits.float(), -1)[0].gather(-1, tokens[0][:, None])[:, 0]
+            assert torch.allclose(lp, h["positional_scores"], atol=1e-4), (name, row)
+
+
+def test_scaled_reparameterization():
+    p = DeepPrompt(num_layers=2, num_heads=2, head_dim=4, length=3)
+    assert p.alpha.item() == 1.0                                        # α initialised to 1.0
+    bound = (6 / (3 + 8)) ** 0.5
+    assert p.phi.abs().max() <= bound and p.phi.std() > bound / 3       # Glorot uniform
+    with torch.no_grad():
+        p.alpha.fill_(0.3)
+    k0 = p()[0][0]
+    assert torch.allclose(k0, p.phi[0, 0].view(3, 2, 4).transpose(0, 1)[None])   # max(0.3, 1) = 1
+    with torch.no_grad():
+        p.alpha.fill_(2.5)
+    assert torch.allclose(p()[1][1], 2.5 * p.phi[1, 1].view(3, 2, 4).transpose(0, 1)[None])  # Eq. 8-10
+
+
+# ------------------------------------------------------------------ parameter counts at mGPT size
+
+@pytest.fixture(scope="module")
+def mgpt_data(tmp_path_factory):
+    """Binarized toy data over a 250,100-entry mT5-sized dictionary (no tokenizer: shapes only)."""
+    from fairseq_plm.plm.vocab import PLMDictionary
+
+    root = tmp_path_factory.mktemp("mgpt")
+    d = PLMDictionary(["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, 250100)], pad=0, eos=1, unk=2, bos=1,
+                      kind="t5")
+    d.save(str(root / "dict.txt"))
+    for split in ("train", "valid"):
+        for lang in ("en", "de"):
+            (root / f"{split}.{lang}").write_text("w5 w6 w7\nw8 w9\nw10\n")
+    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
+        "--trainpref", root / "train", "--validpref", root / "valid", "--srcdict", root / "dict.txt",
+        "--tgtdict", root / "dict.txt", "--destdir", root / "bin", "--workers", "1")
+    return str(root / "bin")
+
+
+# MSP Table 1 and Table 5 (#Params.); the paper rounds loosely (3 x 6.29M = 18.87M is "19.0M")
+PAPER_COUNTS = [("msp_single_stage", [], 6.3e6), ("msp_two_stage", [], 12.6e6), ("msp", [], 19.0e6),
+                ("msp_2nd_reencoding", [], 25.1e6), ("msp_prompt_sharing", [], 6.3e6),
+                ("prefix_tuning", [], 26e6), ("prompt_tuning", [], 131e3)]
+
+
+def test_trained_parameter_counts_match_msp_tables_1_and_5(mgpt_data, tmp_path):
+    for arch, extra, paper in PAPER_COUNTS:
+        p = cli("fairseq-plm-train", mgpt_data, "--task", "plm_translation", "--arch", arch, "--plm", "mgpt",
+                "--plm-random-init", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "64", "--max-update", "1",
+                "--cpu", "--no-save", "--disable-validation", "--criterion", "label_smoothed_cross_entropy",
+                "--save-dir", tmp_path / arch, *extra)
+        log = p.stdout + p.stderr
+        total, trained = (int(x.replace(",", "")) for x in
+                          re.search(r"params: ([\d,]+) \(num\. trained: ([\d,]+)\)", log).groups())
+        assert 550e6 < total - trained < 570e6, (arch, total)  # frozen mGPT: "about 560M"
+        assert abs(trained - paper) / paper < 0.015, (arch, trained, paper)
+
+
+# ------------------------------------------------------------------ every setting through the CLIs
+
+@pytest.mark.parametrize("arch", ["msp", "msp_two_stage", "msp_2nd_reencoding", "msp_prompt_sharing",
+                                  "msp_single_stage", "prefix_tuning", "prompt_tuning"])
+def test_each_setting_trains_and_decodes(tiny, tmp_path, arch):
+    save = tmp_path / "ckpt"
+    cli("fairseq-plm-train", tiny["data"], "--plm", tiny["plm"], "--task", "plm_translation", "--arch", arch,
+        "--prompt-length", "4", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "1000", "--max-update", "4",
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--cpu", "--save-dir", save,
+        "--no-epoch-checkpoints", *(["--prefix-mlp-dim", "16"] if arch == "prefix_tuning" else []))
+    out = cli("fairseq-plm-generate", tiny["data"], "--path", save / "checkpoint_last.pt", "--task", "plm_translation",
+              "--beam", "4", "--max-len-a", "0", "--max-len-b", "6", "--cpu", "--batch-size", "6").stdout
+    assert sorted(int(i) for i in re.findall(r"^H-(\d+)\t", out, flags=re.M)) == list(range(13))

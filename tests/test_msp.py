@@ -197,3 +197,22 @@ def test_each_setting_trains_and_decodes(tiny, tmp_path, arch):
     out = cli("fairseq-plm-generate", tiny["data"], "--path", save / "checkpoint_last.pt", "--task", "plm_translation",
               "--beam", "4", "--max-len-a", "0", "--max-len-b", "6", "--cpu", "--batch-size", "6").stdout
     assert sorted(int(i) for i in re.findall(r"^H-(\d+)\t", out, flags=re.M)) == list(range(13))
+
+
+def test_single_stage_pairs_must_fit_the_plm_positions_together(tiny, task):
+    import numpy as np
+
+    from fairseq_plm.plm.errors import FairseqPLMError
+
+    model = build("prompt_tuning", tiny, task)
+    assert model.sequence_limit == model.plm.cfg.max_positions - 5
+    assert build("msp", tiny, task).sequence_limit is None
+    ds = task.dataset("test")
+    total = ds.src_sizes + ds.tgt_sizes
+    task.sequence_limit = int(np.median(total))
+    idx = np.arange(len(ds))
+    with pytest.raises(FairseqPLMError, match="do not fit the PLM's positions"):
+        task.filter_indices_by_size(idx, ds, None, ignore_invalid_inputs=False)
+    kept = task.filter_indices_by_size(idx, ds, None, ignore_invalid_inputs=True)
+    assert (total[kept] <= task.sequence_limit).all() and 0 < len(kept) < len(ds)
+    task.sequence_limit = None

@@ -12,6 +12,7 @@ from fairseq_plm.data.gettext_corpus import read_catalogs, split_pairs, write_sp
 from fairseq_plm.plm.config import PLMConfig
 from fairseq_plm.plm.export import save_hf_gpt2
 from fairseq_plm.plm.gpt import GPT
+from fairseq_plm.recipes.common import encode_and_binarize
 
 BIN = os.path.dirname(sys.executable)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,11 +63,5 @@ def make_tiny_setup(root, **corpus_kw):
     make_corpus(raw, **corpus_kw)
     model = make_spm([os.path.join(raw, "train.en"), os.path.join(raw, "train.de")], os.path.join(root, "spm"))
     make_tiny_gpt(plm, model)
-    os.makedirs(tok, exist_ok=True)
-    files = [f"{s}.{l}" for s in ("train", "valid", "test") for l in ("en", "de")]
-    cli("fairseq-plm-encode", "--tokenizer", plm, "--inputs", *[os.path.join(raw, f) for f in files],
-        "--outputs", *[os.path.join(tok, f) for f in files])
-    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
-        "--trainpref", f"{tok}/train", "--validpref", f"{tok}/valid", "--testpref", f"{tok}/test",
-        "--srcdict", plm, "--tgtdict", plm, "--destdir", data, "--workers", "1")
+    encode_and_binarize(raw, plm, tok, data)
     return {"raw": raw, "plm": plm, "tok": tok, "data": data}

@@ -29,10 +29,17 @@ def main(argv=None):
     p.add_argument("--tokenizer", required=True, help="PLM directory or its spiece.model / sentencepiece.bpe.model / vocab.txt")
     p.add_argument("--inputs", nargs="+", default=["-"])
     p.add_argument("--outputs", nargs="+", default=["-"])
+    p.add_argument("--remove-diacritics", action="store_true",
+                   help="remove Romanian diacritics first (MSP App. A.2; use on the Romanian side)")
     args = p.parse_args(argv)
     if len(args.inputs) != len(args.outputs):
         p.error(f"--inputs has {len(args.inputs)} files but --outputs {len(args.outputs)}")
     encode = make_encoder(args.tokenizer)
+    if args.remove_diacritics:
+        from ..data.text_processing import remove_romanian_diacritics
+
+        plain = encode
+        encode = lambda line: plain(remove_romanian_diacritics(line))  # noqa: E731
     for src, dst in zip(args.inputs, args.outputs):
         fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
         fout = sys.stdout if dst == "-" else open(dst, "w", encoding="utf-8")

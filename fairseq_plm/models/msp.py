@@ -203,6 +203,14 @@ class PromptedGPTModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())
 
+    @property
+    def sequence_limit(self):
+        """|prompt| + |x| + |y| limit where they share one position range (else None)."""
+        enc = self.encoder
+        if not enc.single_stage:
+            return None
+        return self.plm.cfg.max_positions - (0 if enc.input_prompt is None else enc.input_prompt.length)
+
 
 @register_model("msp", dataclass=MSPConfig)
 class MSPModel(PromptedGPTModel):

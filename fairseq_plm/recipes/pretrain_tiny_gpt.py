@@ -95,6 +95,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=100000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--init", help="continue from this previously saved tiny GPT (same recipe); its "
+                                   "sentencepiece model is reused")
     p.add_argument("--fp16-weights", action="store_true", help="store weights in fp16 (half the file size)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -102,7 +104,15 @@ def main(argv=None):
 
     mono, docs = build_text(args.langs)
     print(f"[pretrain] {len(mono)} monolingual sentences, {len(docs)} bilingual documents", flush=True)
-    spm_path = train_spm(mono + [a + " " + b for a, b in docs[:20000]], os.path.join(args.out, "spiece"), args.vocab_size)
+    if args.init:
+        import shutil
+
+        if os.path.abspath(args.init) != os.path.abspath(args.out):
+            shutil.copy(os.path.join(args.init, "spiece.model"), os.path.join(args.out, "spiece.model"))
+        spm_path = os.path.join(args.out, "spiece.model")
+    else:
+        spm_path = train_spm(mono + [a + " " + b for a, b in docs[:20000]], os.path.join(args.out, "spiece"),
+                             args.vocab_size)
     sp = spm.SentencePieceProcessor(model_file=spm_path)
     data = pack(sp, mono, docs, args.block + 1)
     n_valid = max(1, len(data) // 50)
@@ -112,7 +122,13 @@ def main(argv=None):
     cfg = PLMConfig(family="gpt2", vocab_size=sp.GetPieceSize(), hidden_size=args.hidden, num_layers=args.layers,
                     num_heads=args.heads, intermediate_size=4 * args.hidden, max_positions=args.positions,
                     activation="gelu_new", pad_token_id=0, dropout=0.1, attention_dropout=0.1)
-    model = GPT(cfg).init_random(args.seed)
+    if args.init:
+        from ..plm.loading import load_plm
+
+        model = load_plm(args.init).float()
+        cfg = model.cfg
+    else:
+        model = GPT(cfg).init_random(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warmup, budget = 200, args.minutes * 60
     start, step = time.time(), 0

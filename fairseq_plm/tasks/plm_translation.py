@@ -23,6 +23,7 @@ from fairseq.data import data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..plm.errors import FairseqPLMError
 from ..plm.vocab import load_dictionary
 
 logger = logging.getLogger(__name__)
@@ -97,3 +98,27 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
     @classmethod
     def load_dictionary(cls, filename):
         return load_dictionary(filename)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        # models that put prompt, source and target into one position range (single-stage
+        # prompting, prompt tuning) tell us the combined limit of |prompt| + |x| + |y|
+        self.sequence_limit = getattr(model, "sequence_limit", None)
+        return model
+
+    def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        indices = super().filter_indices_by_size(indices, dataset, max_positions, ignore_invalid_inputs)
+        limit = getattr(self, "sequence_limit", None)
+        if limit is None or getattr(dataset, "tgt_sizes", None) is None:
+            return indices
+        total = dataset.src_sizes[indices] + dataset.tgt_sizes[indices]
+        bad = indices[total > limit]
+        if len(bad) and not ignore_invalid_inputs:
+            raise FairseqPLMError(
+                f"{len(bad)} sentence pairs (e.g. #{bad[0]}: {total[total > limit][0]} tokens) do not fit the "
+                f"PLM's positions ({limit} for prompt + source + target); use --skip-invalid-size-inputs-valid-test "
+                f"to skip them")
+        if len(bad):
+            logger.warning(f"{len(bad)} pairs longer than the PLM's {limit} positions (prompt + source + target) "
+                           f"skipped, e.g. #{bad[0]}")
+        return indices[total <= limit]

@@ -67,11 +67,10 @@ class PromptTuningConfig(PromptArgs):
 
 # ------------------------------------------------------------------------------ encoder / decoder
 
-def _concat_prefix(prompt, activations, b):
-    """Per layer [P; H]: prompt keys/values [1, H, L, D] expanded to the batch, then H."""
-    keys = [torch.cat([pk.expand(b, -1, -1, -1), k], dim=2) for (pk, _), (k, _) in zip(prompt, activations)]
-    values = [torch.cat([pv.expand(b, -1, -1, -1), v], dim=2) for (_, pv), (_, v) in zip(prompt, activations)]
-    return keys, values
+def _prefix(prompt, activations):
+    """Per layer [P; H] as two segments: the prompt [1, H, L, D] (shared by the batch, never
+    copied per example or per beam) and the activations H [B, H, S, D]."""
+    return [[p, h] for p, h in zip(prompt, activations)]
 
 
 class StagedPromptEncoder(FairseqEncoder):
@@ -103,8 +102,7 @@ class StagedPromptEncoder(FairseqEncoder):
             pos = torch.cat([torch.arange(n, device=src_tokens.device)[None].expand(b, -1), positions + n], dim=1)
             mask = torch.cat([pad.new_zeros(b, n), pad], dim=1)
             h = self.plm(inputs_embeds=x, padding_mask=mask, position_ids=pos, use_cache=True).cache.layers
-            return {"prefix_keys": [k for k, _ in h], "prefix_values": [v_ for _, v_ in h],
-                    "prefix_padding_mask": [mask], "target_offset": [keep.sum(dim=1) + n]}
+            return self._output(None, h, mask, keep.sum(dim=1) + n)
         stages = len(self._stage_index)
         # Encoding stage, Eq. (4): H_e = f_LM(X, P_e)
         prompt = self.stage_prompt(0)()
@@ -113,20 +111,27 @@ class StagedPromptEncoder(FairseqEncoder):
         # Re-encoding stages, Eq. (5): H_r = f_LM(X, [P_r; H_e]); positions restart at 0
         for i in range(1, stages - 1):
             prompt = self.stage_prompt(i)()
-            keys, values = _concat_prefix(prompt, h, b)
             prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
-            h = self.plm(src_tokens, prefix=list(zip(keys, values)), prefix_padding_mask=torch.cat([prompt_pad, pad], 1),
+            h = self.plm(src_tokens, prefix=_prefix(prompt, h), prefix_padding_mask=torch.cat([prompt_pad, pad], 1),
                          padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
         # Decoding stage's prefix, Eq. (6): [P_d; H_r] (single-stage: [P; H_e] with the same P)
         prompt = self.stage_prompt(stages - 1)()
-        keys, values = _concat_prefix(prompt, h, b)
         prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
         offset = keep.sum(dim=1) if self.single_stage else keep.new_zeros(b)
-        return {"prefix_keys": keys, "prefix_values": values,
-                "prefix_padding_mask": [torch.cat([prompt_pad, pad], dim=1)], "target_offset": [offset]}
+        return self._output(prompt, h, torch.cat([prompt_pad, pad], dim=1), offset)
+
+    @staticmethod
+    def _output(prompt, h, mask, offset):
+        """The decoder's prefix: prompt segment (batch 1, not reordered by beam search) and
+        per-example activations; the padding mask covers both."""
+        return {"prompt_keys": [] if prompt is None else [k for k, _ in prompt],
+                "prompt_values": [] if prompt is None else [v for _, v in prompt],
+                "src_keys": [k for k, _ in h], "src_values": [v for _, v in h],
+                "prefix_padding_mask": [mask], "target_offset": [offset]}
 
     def reorder_encoder_out(self, encoder_out, new_order):
-        return {k: [t.index_select(0, new_order) for t in v] for k, v in encoder_out.items()}
+        return {k: (v if k.startswith("prompt_") else [t.index_select(0, new_order) for t in v])
+                for k, v in encoder_out.items()}
 
     def max_positions(self):
         n = 0 if self.input_prompt is None else self.input_prompt.length
@@ -151,7 +156,10 @@ class PrefixConditionedDecoder(FairseqIncrementalDecoder):
         past = 0 if cache is None else cache.length
         t = prev_output_tokens.size(1)
         positions = encoder_out["target_offset"][0][:, None] + past + torch.arange(t, device=prev_output_tokens.device)
-        out = self.plm(prev_output_tokens, prefix=list(zip(encoder_out["prefix_keys"], encoder_out["prefix_values"])),
+        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
+        prompt = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
+        prefix = _prefix(prompt, src) if prompt else src
+        out = self.plm(prev_output_tokens, prefix=prefix,
                        prefix_padding_mask=encoder_out["prefix_padding_mask"][0],
                        padding_mask=prev_output_tokens.eq(self.padding_idx), position_ids=positions,
                        cache=cache, use_cache=incremental_state is not None)

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, L, D] each
+# a layer's prefix: one KV, or a list of KV segments concatenated in order
 
 
 def gelu_new(x):
@@ -76,12 +77,14 @@ class SelfAttention(nn.Module):
         present = (k, v)
         prefix_len = 0
         if prefix is not None:
-            pk, pv = prefix
-            if pk.size(0) != b:  # one prompt shared by the whole batch
-                pk, pv = pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1)
-            prefix_len = pk.size(2)
-            k = torch.cat([pk.to(k.dtype), k], dim=2)
-            v = torch.cat([pv.to(v.dtype), v], dim=2)
+            # one (keys, values) pair, or several segments (e.g. a prompt shared by the batch,
+            # then per-example activations of another stage), concatenated in order
+            segments = prefix if isinstance(prefix, list) else [prefix]
+            ks = [pk.expand(b, -1, -1, -1) if pk.size(0) != b else pk for pk, _ in segments]
+            vs = [pv.expand(b, -1, -1, -1) if pv.size(0) != b else pv for _, pv in segments]
+            prefix_len = sum(pk.size(2) for pk in ks)
+            k = torch.cat([pk.to(k.dtype) for pk in ks] + [k], dim=2)
+            v = torch.cat([pv.to(v.dtype) for pv in vs] + [v], dim=2)
         past_len = 0 if past is None else past[0].size(2)
         dropout_p = self.attention_dropout if self.training else 0.0
         if causal and prefix_len == 0 and past_len == 0 and key_padding_mask is None:
@@ -150,18 +153,20 @@ def compose_padding_mask(b, t, device, prefix_len=0, prefix_padding_mask=None,
 
 
 def check_prefix(prefix, num_layers, num_heads, head_dim):
-    """Validate a deep prompt: one (keys, values) pair per layer, [B or 1, H, P, D]."""
+    """Validate a deep prompt: per layer one (keys, values) pair [B or 1, H, P, D], or a list
+    of such segments. Returns the total prefix length."""
     if prefix is None:
         return 0
     if len(prefix) != num_layers:
         raise ValueError(f"deep prompt has {len(prefix)} layers, the PLM has {num_layers}")
-    k, v = prefix[0]
-    if k.dim() != 4 or k.size(1) != num_heads or k.size(3) != head_dim or k.shape != v.shape:
-        raise ValueError(
-            f"deep prompt keys/values must be [batch, {num_heads}, prefix_len, {head_dim}], "
-            f"got {tuple(k.shape)} / {tuple(v.shape)}"
-        )
-    return k.size(2)
+    segments = prefix[0] if isinstance(prefix[0], list) else [prefix[0]]
+    for k, v in segments:
+        if k.dim() != 4 or k.size(1) != num_heads or k.size(3) != head_dim or k.shape != v.shape:
+            raise ValueError(
+                f"deep prompt keys/values must be [batch, {num_heads}, prefix_len, {head_dim}], "
+                f"got {tuple(k.shape)} / {tuple(v.shape)}"
+            )
+    return sum(k.size(2) for k, _ in segments)
 
 
 class PretrainedLM(nn.Module):

@@ -72,6 +72,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def same_weights(hf, path, device):
+    """Save the transformers model and load it back with our loader: identical weights."""
+    hf.save_pretrained(path)
+    return load_plm(path).freeze().to(device), freeze(hf).to(device)
+
+
 @torch.no_grad()
 def randomize(model, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -131,11 +137,7 @@ def bench_gpt2(args, device, tmp):
         n_layer=args.layers, n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=0, eos_token_id=0, attn_implementation=args.hf_attn,
     )
-    hf = randomize(GPT2LMHeadModel(cfg), args.seed)
-    path = os.path.join(tmp, "gpt2")
-    hf.save_pretrained(path)
-    ours = load_plm(path).freeze().to(device)
-    hf = freeze(hf).to(device)
+    ours, hf = same_weights(randomize(GPT2LMHeadModel(cfg), args.seed), os.path.join(tmp, "gpt2"), device)
 
     b, t, p, h, d = args.batch, args.seq_len, args.prefix_len, args.heads, args.hidden // args.heads
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -198,11 +200,8 @@ def bench_xlmr(args, device, tmp):
         eos_token_id=2, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, attn_implementation=args.hf_attn,
     )
-    hf = randomize(XLMRobertaModel(cfg, add_pooling_layer=False), args.seed)
-    path = os.path.join(tmp, "xlmr")
-    hf.save_pretrained(path)
-    ours = load_plm(path).freeze().to(device)
-    hf = freeze(hf).to(device)
+    ours, hf = same_weights(randomize(XLMRobertaModel(cfg, add_pooling_layer=False), args.seed),
+                            os.path.join(tmp, "xlmr"), device)
 
     b, t, p, h, d = args.batch, args.seq_len, args.prefix_len, args.heads, args.hidden // args.heads
     gen = torch.Generator().manual_seed(args.seed + 2)

@@ -108,7 +108,9 @@ def test_generation_of_a_too_long_source_fails_clearly(trained, tmp_path):
     p = cli("fairseq-plm-interactive", trained["data"], "--path", os.path.join(trained["save"], "checkpoint_last.pt"),
             "--task", "plm_translation", "--cpu", "--input", str(long_src), check=False)
     assert p.returncode != 0
-    assert "positions" in (p.stdout + p.stderr)
+    last = p.stderr.strip().splitlines()[-1]
+    assert "positions" in last and "--skip-invalid-size-inputs-valid-test" in last
+    assert "Traceback" not in p.stderr
 
 
 def test_kv_cache_reorders_with_the_beam():
@@ -138,3 +140,20 @@ def test_deep_prompt_changes_the_output_and_accepts_per_example_prompts():
     # a fully masked prompt is the same as no prompt
     masked = enc(x, prefix=prefix, prefix_padding_mask=torch.ones(2, 3, dtype=torch.bool)).hidden
     assert torch.allclose(masked, enc(x).hidden, atol=1e-5)
+
+
+def test_malformed_config_json_names_the_file(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2,
+        "activation_function": "swishy"}))
+    with pytest.raises(PLMLoadError, match=r"config\.json.*activation 'swishy'"):
+        load_plm(str(tmp_path), random_init=True)
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 3}))
+    with pytest.raises(PLMLoadError, match=r"config\.json.*not divisible"):
+        load_plm(str(tmp_path), random_init=True)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(PLMLoadError, match=r"config\.json is not valid JSON"):
+        load_plm(str(tmp_path), random_init=True)

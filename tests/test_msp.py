@@ -216,3 +216,25 @@ def test_single_stage_pairs_must_fit_the_plm_positions_together(tiny, task):
     kept = task.filter_indices_by_size(idx, ds, None, ignore_invalid_inputs=True)
     assert (total[kept] <= task.sequence_limit).all() and 0 < len(kept) < len(ds)
     task.sequence_limit = None
+
+
+@pytest.mark.parametrize("name", ["single_stage", "prompt_tuning"])
+def test_generation_stops_at_the_end_of_the_plm_positions(tiny, task, name):
+    """Target positions continue after the source: a long source leaves little room, and
+    beam search must stop there instead of failing mid-batch."""
+    from argparse import Namespace
+
+    model = build(name, tiny, task)
+    task.sequence_limit = model.sequence_limit
+    try:
+        limit = model.sequence_limit
+        src = torch.randint(10, 200, (2, limit - 12))
+        src[1, -30:] = task.src_dict.pad()  # a shorter second sentence
+        sample = {"net_input": {"src_tokens": src, "src_lengths": src.ne(task.src_dict.pad()).sum(1)}, "id": torch.arange(2)}
+        gen = task.build_generator([model], Namespace(beam=2, max_len_a=0, max_len_b=200, min_len=1))
+        with torch.no_grad():
+            hyps = gen.generate([model], sample)
+        assert all(len(h["tokens"]) <= 12 for beams in hyps for h in beams)
+        assert all(len(beams) == 2 for beams in hyps)
+    finally:
+        task.sequence_limit = None

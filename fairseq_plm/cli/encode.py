@@ -2,6 +2,7 @@
 of space-separated pieces out (the input format of ``fairseq-preprocess``)."""
 
 import argparse
+import os
 import sys
 
 from ..plm.vocab import VocabularyError, WordPieceTokenizer, tokenizer_file
@@ -9,8 +10,6 @@ from ..plm.vocab import VocabularyError, WordPieceTokenizer, tokenizer_file
 
 def make_encoder(path):
     """A function str -> list of pieces for a PLM directory or tokenizer file."""
-    import os
-
     tok = tokenizer_file(path) if os.path.isdir(path) else path
     if tok is None or not os.path.exists(tok):
         raise VocabularyError(f"no tokenizer found at {path} (spiece.model, sentencepiece.bpe.model or vocab.txt)")
@@ -41,6 +40,10 @@ def main(argv=None):
         plain = encode
         encode = lambda line: plain(remove_romanian_diacritics(line))  # noqa: E731
     for src, dst in zip(args.inputs, args.outputs):
+        if src != "-" and not os.path.exists(src):
+            p.error(f"input file not found: {src}")
+        if dst != "-":
+            os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
         fout = sys.stdout if dst == "-" else open(dst, "w", encoding="utf-8")
         with fin, fout:

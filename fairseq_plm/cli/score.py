@@ -37,7 +37,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generate-output")
     p.add_argument("--hyp")
-    p.add_argument("--ref")
+    p.add_argument("--ref", help="reference file; with --generate-output it replaces the T- lines "
+                                 "(raw references instead of round-tripped ones)")
     p.add_argument("--tokenize", default="13a", help="sacrebleu tokenizer: 13a, or zh for Chinese")
     p.add_argument("--source-as-hypothesis", action="store_true", help="score the source (copy baseline)")
     args = p.parse_args(argv)
@@ -46,6 +47,11 @@ def main(argv=None):
         ids = sorted(rows["T"])
         hyps = [rows["S" if args.source_as_hypothesis else "D"][i] for i in ids]
         refs = [rows["T"][i] for i in ids]
+        if args.ref:  # the raw references (sentence i = line i), as the paper scores against
+            raw = open(args.ref, encoding="utf-8").read().splitlines()
+            if len(raw) <= max(ids):
+                p.error(f"{args.ref} has {len(raw)} lines but the generate output has sentence id {max(ids)}")
+            refs = [raw[i] for i in ids]
     elif args.hyp and args.ref:
         hyps = open(args.hyp, encoding="utf-8").read().splitlines()
         refs = open(args.ref, encoding="utf-8").read().splitlines()

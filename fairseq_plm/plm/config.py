@@ -4,6 +4,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from .errors import FairseqPLMError
+
+ACTIVATION_NAMES = ("gelu", "gelu_new", "relu")
+
 
 @dataclass
 class PLMConfig:
@@ -26,10 +30,14 @@ class PLMConfig:
 
     def __post_init__(self):
         if self.family not in ("gpt2", "bert", "roberta"):
-            raise ValueError(f"unknown PLM family {self.family!r}; expected gpt2, bert or roberta")
+            raise FairseqPLMError(f"unknown PLM family {self.family!r}; expected gpt2, bert or roberta")
         if self.hidden_size % self.num_heads != 0:
-            raise ValueError(
+            raise FairseqPLMError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.activation not in ACTIVATION_NAMES:
+            raise FairseqPLMError(
+                f"activation {self.activation!r} is not supported (expected one of {', '.join(ACTIVATION_NAMES)})"
             )
 
     @property
@@ -83,5 +91,5 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> PLMConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown PLM preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        raise FairseqPLMError(f"unknown PLM preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return PRESETS[name].replace(**overrides)

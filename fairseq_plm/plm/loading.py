@@ -42,6 +42,9 @@ def _read_json(path):
         raise PLMLoadError(f"{path} is not valid JSON: {e}") from None
 
 
+_ACT_ALIASES = {"gelu_pytorch_tanh": "gelu_new"}  # the same tanh approximation
+
+
 def config_from_hf(path: str) -> PLMConfig:
     """PLMConfig from a HuggingFace ``config.json``."""
     c = _read_json(path)
@@ -54,7 +57,7 @@ def config_from_hf(path: str) -> PLMConfig:
                 num_heads=c["n_head"], intermediate_size=c.get("n_inner") or 4 * d,
                 max_positions=c.get("n_positions", c.get("n_ctx", 1024)),
                 layer_norm_eps=c.get("layer_norm_epsilon", 1e-5),
-                activation=c.get("activation_function", "gelu_new"),
+                activation=_ACT_ALIASES.get(c.get("activation_function", "gelu_new"), c.get("activation_function")),
                 dropout=c.get("resid_pdrop", 0.1), attention_dropout=c.get("attn_pdrop", 0.1),
                 # GPT-2 fine-tunes often set pad = eos; then padding can't be told from ids
                 pad_token_id=None if c.get("pad_token_id") in (c.get("eos_token_id"), c.get("bos_token_id"))
@@ -69,7 +72,8 @@ def config_from_hf(path: str) -> PLMConfig:
                 hidden_size=c["hidden_size"], num_layers=c["num_hidden_layers"],
                 num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
                 max_positions=c["max_position_embeddings"],
-                layer_norm_eps=c.get("layer_norm_eps", 1e-12), activation=c.get("hidden_act", "gelu"),
+                layer_norm_eps=c.get("layer_norm_eps", 1e-12),
+                activation=_ACT_ALIASES.get(c.get("hidden_act", "gelu"), c.get("hidden_act")),
                 dropout=c.get("hidden_dropout_prob", 0.1),
                 attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
                 type_vocab_size=c.get("type_vocab_size", 2), pad_token_id=pad,
@@ -77,6 +81,8 @@ def config_from_hf(path: str) -> PLMConfig:
             )
     except KeyError as e:
         raise PLMLoadError(f"{path} lacks the field {e.args[0]!r} needed for a {model_type} model") from None
+    except FairseqPLMError as e:
+        raise PLMLoadError(f"{path}: {e}") from None
     raise PLMLoadError(
         f"{path}: model_type {model_type!r} is not supported (expected gpt2, bert, xlm-roberta or roberta)"
     )

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import II
 
 from fairseq.data import data_utils
+from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
@@ -99,6 +100,14 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
     def load_dictionary(cls, filename):
         return load_dictionary(filename)
 
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        limit = getattr(self, "sequence_limit", None)
+        if limit is not None and seq_gen_cls is None and not getattr(args, "print_alignment", False):
+            seq_gen_cls = PositionCappedGenerator
+            extra_gen_cls_kwargs = dict(extra_gen_cls_kwargs or {}, sequence_limit=limit)
+        return super().build_generator(models, args, seq_gen_cls=seq_gen_cls,
+                                       extra_gen_cls_kwargs=extra_gen_cls_kwargs, **kwargs)
+
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
         # models that put prompt, source and target into one position range (single-stage
@@ -107,6 +116,17 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
         return model
 
     def filter_indices_by_size(self, indices, dataset, max_positions=None, ignore_invalid_inputs=False):
+        if not ignore_invalid_inputs and isinstance(max_positions, tuple) and len(max_positions) == 2:
+            for sizes, limit, side in ((dataset.src_sizes, max_positions[0], "source"),
+                                       (getattr(dataset, "tgt_sizes", None), max_positions[1], "target")):
+                if sizes is None or limit is None:
+                    continue
+                bad = indices[sizes[indices] > limit]
+                if len(bad):
+                    raise FairseqPLMError(
+                        f"{len(bad)} {side} sentences (e.g. #{bad[0]}, {sizes[bad[0]]} tokens) are longer than the "
+                        f"{limit} positions the model allows; shorten them or pass "
+                        f"--skip-invalid-size-inputs-valid-test to skip them")
         indices = super().filter_indices_by_size(indices, dataset, max_positions, ignore_invalid_inputs)
         limit = getattr(self, "sequence_limit", None)
         if limit is None or getattr(dataset, "tgt_sizes", None) is None:
@@ -122,3 +142,25 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
             logger.warning(f"{len(bad)} pairs longer than the PLM's {limit} positions (prompt + source + target) "
                            f"skipped, e.g. #{bad[0]}")
         return indices[total <= limit]
+
+
+class PositionCappedGenerator(SequenceGenerator):
+    """Beam search for models whose target positions continue after the source (and prompt):
+    hypotheses stop where the PLM's positions end, ``sequence_limit - |longest source|``,
+    instead of running past them."""
+
+    def __init__(self, *args, sequence_limit, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sequence_limit = sequence_limit
+
+    def _generate(self, sample, *args, **kwargs):
+        src = sample["net_input"]["src_tokens"]
+        longest = int(src.ne(self.pad).sum(dim=1).max()) if src.dim() == 2 else src.size(1)
+        saved = self.max_len
+        # _generate decodes at most self.max_len - 1 tokens; the last one's position is
+        # offset + max_len - 1 <= sequence_limit - 1
+        self.max_len = max(2, min(saved, self.sequence_limit - longest))
+        try:
+            return super()._generate(sample, *args, **kwargs)
+        finally:
+            self.max_len = saved

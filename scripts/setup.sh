@@ -25,4 +25,4 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --no-build-isolation --no-deps -e .
 [[ $want_test == 1 ]] && "${PIP[@]}" -r requirements-test.txt
 .venv/bin/python -c "import fairseq_plm, fairseq, torch; print('[setup] fairseq', fairseq.__version__, 'torch', torch.__version__)" 2>&1 | grep '^\[setup\]' >&2
-echo "$want" > $STAMP
+echo "$want" >> $STAMP  # one line per installed set (runtime, runtime+test)

@@ -157,3 +157,15 @@ def test_malformed_config_json_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(PLMLoadError, match=r"config\.json is not valid JSON"):
         load_plm(str(tmp_path), random_init=True)
+
+
+def test_config_json_without_activation_uses_the_family_default(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2}))
+    assert load_plm(str(tmp_path), random_init=True).cfg.activation == "gelu_new"
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2,
+        "activation_function": "gelu_pytorch_tanh"}))
+    assert load_plm(str(tmp_path), random_init=True).cfg.activation == "gelu_new"

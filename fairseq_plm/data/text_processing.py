@@ -31,11 +31,8 @@ def remove_romanian_diacritics(text: str) -> str:
 def restore_chinese_punctuation(text: str) -> str:
     """ASCII , ! ? : ; ( ) touching CJK text -> full-width forms. Numbers (1,000) and Latin
     text keep ASCII punctuation."""
-    def fix(m):
-        return _ZH_PUNCT[m.group(2)]
-
     for _ in range(2):  # punctuation runs such as "?)" need a second pass
-        text = re.sub(rf"(?<={_CJK})(\s*)([,!?:;()])\s*", lambda m: fix(m), text)
+        text = re.sub(rf"(?<={_CJK})\s*([,!?:;()])\s*", lambda m: _ZH_PUNCT[m.group(1)], text)
         text = re.sub(rf"\s*([,!?:;()])(\s*)(?={_CJK})", lambda m: _ZH_PUNCT[m.group(1)], text)
     return text
 

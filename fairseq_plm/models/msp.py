@@ -73,6 +73,11 @@ def _prefix(prompt, activations):
     return [[p, h] for p, h in zip(prompt, activations)]
 
 
+def _prefix_mask(prompt, pad):
+    """Key padding mask over [P; H]: prompt positions are never padding."""
+    return torch.cat([pad.new_zeros(pad.size(0), prompt[0][0].size(2)), pad], dim=1)
+
+
 class StagedPromptEncoder(FairseqEncoder):
     """Source-side stages. ``stage_prompts`` holds one prompt module per stage, in order
     [encoding, re-encoding..., decoding] (the same module repeated when prompts are shared);
@@ -81,8 +86,9 @@ class StagedPromptEncoder(FairseqEncoder):
     def __init__(self, dictionary, plm, stage_prompts: List[nn.Module], single_stage=False, input_prompt=None):
         super().__init__(dictionary)
         self.plm = plm
-        self.prompts = nn.ModuleList(_unique(stage_prompts))
-        self._stage_index = [_index_of(p, self.prompts) for p in stage_prompts]
+        unique = list({id(p): p for p in stage_prompts}.values())  # shared prompts registered once
+        self.prompts = nn.ModuleList(unique)
+        self._stage_index = [[id(u) for u in unique].index(id(p)) for p in stage_prompts]
         self.single_stage = single_stage
         self.input_prompt = input_prompt
         self.padding_idx = dictionary.pad()
@@ -91,7 +97,7 @@ class StagedPromptEncoder(FairseqEncoder):
         return self.prompts[self._stage_index[i]]
 
     def forward(self, src_tokens, src_lengths=None, **unused):
-        b, s = src_tokens.shape
+        b = src_tokens.size(0)
         pad = src_tokens.eq(self.padding_idx)
         keep = (~pad).long()
         positions = (torch.cumsum(keep, dim=1) - 1).clamp(min=0)  # 0..|x|-1 whichever side is padded
@@ -107,18 +113,15 @@ class StagedPromptEncoder(FairseqEncoder):
         # Encoding stage, Eq. (4): H_e = f_LM(X, P_e)
         prompt = self.stage_prompt(0)()
         h = self.plm(src_tokens, prefix=prompt, padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
-        prompt_pad = pad.new_zeros(b, 0)
         # Re-encoding stages, Eq. (5): H_r = f_LM(X, [P_r; H_e]); positions restart at 0
         for i in range(1, stages - 1):
             prompt = self.stage_prompt(i)()
-            prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
-            h = self.plm(src_tokens, prefix=_prefix(prompt, h), prefix_padding_mask=torch.cat([prompt_pad, pad], 1),
+            h = self.plm(src_tokens, prefix=_prefix(prompt, h), prefix_padding_mask=_prefix_mask(prompt, pad),
                          padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
         # Decoding stage's prefix, Eq. (6): [P_d; H_r] (single-stage: [P; H_e] with the same P)
         prompt = self.stage_prompt(stages - 1)()
-        prompt_pad = pad.new_zeros(b, prompt[0][0].size(2))
         offset = keep.sum(dim=1) if self.single_stage else keep.new_zeros(b)
-        return self._output(prompt, h, torch.cat([prompt_pad, pad], dim=1), offset)
+        return self._output(prompt, h, _prefix_mask(prompt, pad), offset)
 
     @staticmethod
     def _output(prompt, h, mask, offset):
@@ -175,18 +178,6 @@ class PrefixConditionedDecoder(FairseqIncrementalDecoder):
 
     def max_positions(self):
         return self.plm.cfg.max_positions
-
-
-def _unique(modules):
-    out = []
-    for m in modules:
-        if not any(m is o for o in out):
-            out.append(m)
-    return out
-
-
-def _index_of(m, modules):
-    return next(i for i, o in enumerate(modules) if o is m)
 
 
 # ------------------------------------------------------------------------------ models

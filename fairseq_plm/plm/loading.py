@@ -11,8 +11,8 @@ Supported sources:
 """
 
 import json
-import re
 import os
+import re
 from typing import Dict
 
 import torch
@@ -42,7 +42,16 @@ def _read_json(path):
         raise PLMLoadError(f"{path} is not valid JSON: {e}") from None
 
 
-_ACT_ALIASES = {"gelu_pytorch_tanh": "gelu_new"}  # the same tanh approximation
+def _activation(c, key, default):
+    """The activation named in config.json; HF's gelu_pytorch_tanh is GPT-2's gelu_new."""
+    name = c.get(key, default)
+    return "gelu_new" if name == "gelu_pytorch_tanh" else name
+
+
+def _gpt2_pad(c):
+    """GPT-2 fine-tunes often set pad = eos (or bos); then padding can't be told from ids."""
+    pad = c.get("pad_token_id")
+    return None if pad is not None and pad in (c.get("eos_token_id"), c.get("bos_token_id")) else pad
 
 
 def config_from_hf(path: str) -> PLMConfig:
@@ -57,11 +66,9 @@ def config_from_hf(path: str) -> PLMConfig:
                 num_heads=c["n_head"], intermediate_size=c.get("n_inner") or 4 * d,
                 max_positions=c.get("n_positions", c.get("n_ctx", 1024)),
                 layer_norm_eps=c.get("layer_norm_epsilon", 1e-5),
-                activation=_ACT_ALIASES.get(c.get("activation_function", "gelu_new"), c.get("activation_function")),
+                activation=_activation(c, "activation_function", "gelu_new"),
                 dropout=c.get("resid_pdrop", 0.1), attention_dropout=c.get("attn_pdrop", 0.1),
-                # GPT-2 fine-tunes often set pad = eos; then padding can't be told from ids
-                pad_token_id=None if c.get("pad_token_id") in (c.get("eos_token_id"), c.get("bos_token_id"))
-                and c.get("pad_token_id") is not None else c.get("pad_token_id"),
+                pad_token_id=_gpt2_pad(c),
                 tie_word_embeddings=c.get("tie_word_embeddings", True),
             )
         if model_type in ("bert", "xlm-roberta", "roberta"):
@@ -73,7 +80,7 @@ def config_from_hf(path: str) -> PLMConfig:
                 num_heads=c["num_attention_heads"], intermediate_size=c["intermediate_size"],
                 max_positions=c["max_position_embeddings"],
                 layer_norm_eps=c.get("layer_norm_eps", 1e-12),
-                activation=_ACT_ALIASES.get(c.get("hidden_act", "gelu"), c.get("hidden_act")),
+                activation=_activation(c, "hidden_act", "gelu"),
                 dropout=c.get("hidden_dropout_prob", 0.1),
                 attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
                 type_vocab_size=c.get("type_vocab_size", 2), pad_token_id=pad,
@@ -234,10 +241,10 @@ def load_weights(model: PretrainedLM, state, mapper, source: str):
             f"{source} holds {max(layers_in_file) + 1} layers but the config says "
             f"{model.cfg.num_layers}: config.json does not match the weights"
         )
-    untied = [k for k in state if k.endswith(("lm_head.decoder.weight", "predictions.decoder.weight"))
-              and not torch.equal(state[k], state.get(k.replace("lm_head.decoder", "roberta.embeddings.word_embeddings")
-                                                      .replace("cls.predictions.decoder", "bert.embeddings.word_embeddings"),
-                                                      state[k]))]
+    embeddings = mapped.get("word_embeddings.weight")  # BERT family: the MLM head must reuse them
+    untied = [k for k in state if embeddings is not None
+              and k.endswith(("lm_head.decoder.weight", "predictions.decoder.weight"))
+              and not torch.equal(state[k], embeddings)]
     if untied:
         raise PLMLoadError(f"{source} has an MLM output matrix not tied to the word embeddings ({untied[0]}); "
                            f"untied MLM heads are not supported")
@@ -283,11 +290,10 @@ def fairseq_roberta_config(ckpt: dict, path: str) -> PLMConfig:
     args = ckpt.get("args")
     if args is None and ckpt.get("cfg") is not None:
         args = ckpt["cfg"]["model"]
-    if args is not None and (getattr(args, "untie_weights_roberta", False) if not isinstance(args, dict)
-                             else args.get("untie_weights_roberta", False)):
-        raise PLMLoadError(f"{path}: untie_weights_roberta checkpoints are not supported")
     get = (lambda k, d=None: getattr(args, k, d)) if args is not None and not isinstance(args, dict) \
         else (lambda k, d=None: (args or {}).get(k, d))
+    if get("untie_weights_roberta", False):
+        raise PLMLoadError(f"{path}: untie_weights_roberta checkpoints are not supported")
     state = ckpt["model"]
     emb = next((v for k, v in state.items() if k.endswith("sentence_encoder.embed_tokens.weight")), None)
     pos = next((v for k, v in state.items() if k.endswith("sentence_encoder.embed_positions.weight")), None)

@@ -67,8 +67,8 @@ class _KeepRemainder:
         batches = self.batch_by_size(indices, max_tokens, max_sentences, required_batch_size_multiple)
         if required_batch_size_multiple <= 1:
             return batches
-        covered = set(int(i) for b in batches for i in b)
-        left = np.array([i for i in indices if int(i) not in covered], dtype=np.int64)
+        covered = np.concatenate(batches) if len(batches) else np.zeros(0, dtype=np.int64)
+        left = np.asarray(indices, dtype=np.int64)[~np.isin(indices, covered)]  # keeps the size order
         if len(left):
             batches = list(batches) + list(self.batch_by_size(left, max_tokens, max_sentences, 1))
         return batches
@@ -121,27 +121,31 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
                                        (getattr(dataset, "tgt_sizes", None), max_positions[1], "target")):
                 if sizes is None or limit is None:
                     continue
-                bad = indices[sizes[indices] > limit]
-                if len(bad):
-                    raise FairseqPLMError(
-                        f"{len(bad)} {side} sentences (e.g. #{bad[0]}, {sizes[bad[0]]} tokens) are longer than the "
-                        f"{limit} positions the model allows; shorten them or pass "
-                        f"--skip-invalid-size-inputs-valid-test to skip them")
+                _refuse_too_long(indices, sizes[indices], limit, f"{side} sentences",
+                                 f"the {limit} positions the model allows")
         indices = super().filter_indices_by_size(indices, dataset, max_positions, ignore_invalid_inputs)
         limit = getattr(self, "sequence_limit", None)
         if limit is None or getattr(dataset, "tgt_sizes", None) is None:
             return indices
         total = dataset.src_sizes[indices] + dataset.tgt_sizes[indices]
+        if not ignore_invalid_inputs:
+            _refuse_too_long(indices, total, limit, "sentence pairs",
+                             f"the PLM's positions ({limit} for prompt + source + target)")
         bad = indices[total > limit]
-        if len(bad) and not ignore_invalid_inputs:
-            raise FairseqPLMError(
-                f"{len(bad)} sentence pairs (e.g. #{bad[0]}: {total[total > limit][0]} tokens) do not fit the "
-                f"PLM's positions ({limit} for prompt + source + target); use --skip-invalid-size-inputs-valid-test "
-                f"to skip them")
         if len(bad):
             logger.warning(f"{len(bad)} pairs longer than the PLM's {limit} positions (prompt + source + target) "
                            f"skipped, e.g. #{bad[0]}")
         return indices[total <= limit]
+
+
+def _refuse_too_long(indices, sizes, limit, what, where):
+    """One error for inputs beyond the positions: how many, an example, and the way out."""
+    bad = sizes > limit
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FairseqPLMError(
+            f"{int(bad.sum())} {what} (e.g. #{indices[i]}, {sizes[i]} tokens) do not fit {where}; "
+            f"shorten them or pass --skip-invalid-size-inputs-valid-test to skip them")
 
 
 class PositionCappedGenerator(SequenceGenerator):
@@ -155,7 +159,7 @@ class PositionCappedGenerator(SequenceGenerator):
 
     def _generate(self, sample, *args, **kwargs):
         src = sample["net_input"]["src_tokens"]
-        longest = int(src.ne(self.pad).sum(dim=1).max()) if src.dim() == 2 else src.size(1)
+        longest = int(src.ne(self.pad).sum(dim=1).max())
         saved = self.max_len
         # _generate decodes at most self.max_len - 1 tokens; the last one's position is
         # offset + max_len - 1 <= sequence_limit - 1

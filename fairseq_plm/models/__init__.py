@@ -1,1 +1,2 @@
-from . import msp  # noqa: F401  (registers msp, prefix_tuning, prompt_tuning)
+"""Models of this package, one module per method (each registers itself with fairseq)."""
+from . import ctc_nat, msp, sga  # noqa: F401

@@ -30,16 +30,11 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
 
 from ..plm.errors import FairseqPLMError
 from ..plm.fairseq_checks import check_dictionary
-from ..plm.frozen import FrozenPLMMixin, PLMArgs, build_frozen_plm
+from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_frozen_plm
 from ..plm.prompts import DeepPrompt, EmbeddingPrompt, MLPDeepPrompt
 
 
 # ------------------------------------------------------------------------------ configs
-
-@dataclass
-class PromptArgs(PLMArgs):
-    prompt_length: int = field(default=128, metadata={"help": "prompt length L (MSP §4.1: 128)"})
-
 
 @dataclass
 class MSPConfig(PromptArgs):

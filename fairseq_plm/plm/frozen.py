@@ -42,6 +42,11 @@ class PLMArgs(FairseqDataclass):
         default=False, metadata={"help": "keep the frozen PLM's dropout active while training"})
 
 
+@dataclass
+class PromptArgs(PLMArgs):
+    prompt_length: int = field(default=128, metadata={"help": "prompt length L (MSP §4.1 and SGA: 128)"})
+
+
 def build_frozen_plm(cfg) -> PretrainedLM:
     if os.path.isdir(cfg.plm):  # checkpoints remember an absolute path, valid from any cwd
         cfg.plm = os.path.abspath(cfg.plm)

@@ -9,6 +9,13 @@ Differences from fairseq's ``translation`` task:
     of a split is translated/scored;
   * sources are right-padded: a causal PLM reads them left to right from position 0.
 
+Non-autoregressive models of this package (SGA, CTC-NAT: models with
+``initialize_output_tokens``) decode with fairseq's ``IterativeRefinementGenerator``
+(``--iter-decode-max-iter`` etc.); autoregressive ones with beam search.
+
+Plain fairseq dictionaries (``fairseq-preprocess`` without ``--srcdict``) are accepted too, so
+from-scratch baselines (``ctc_nat``) train on their own vocabulary with the same batching.
+
 Target start: fairseq's convention, ``</s>`` (the PLM's EOS) followed by the target tokens;
 it separates source and target for a causal PLM, whose vocabulary (mT5) has no BOS.
 """
@@ -19,13 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import II
 
-from fairseq.data import data_utils
+from fairseq.data import Dictionary, data_utils
+from fairseq.iterative_refinement_generator import IterativeRefinementGenerator
 from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..plm.errors import FairseqPLMError
-from ..plm.vocab import load_dictionary
+from ..plm.vocab import VocabularyError, load_dictionary
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +106,24 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
 
     @classmethod
     def load_dictionary(cls, filename):
-        return load_dictionary(filename)
+        try:
+            return load_dictionary(filename)
+        except VocabularyError:
+            if not _is_plain_fairseq_dictionary(filename):
+                raise
+            return Dictionary.load(filename)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        if hasattr(models[0], "initialize_output_tokens"):  # non-autoregressive
+            return IterativeRefinementGenerator(
+                self.target_dictionary, models=models,
+                eos_penalty=getattr(args, "iter_decode_eos_penalty", 0.0),
+                max_iter=getattr(args, "iter_decode_max_iter", 10),
+                beam_size=getattr(args, "iter_decode_with_beam", 1),
+                reranking=getattr(args, "iter_decode_with_external_reranker", False),
+                decoding_format=getattr(args, "decoding_format", None),
+                adaptive=not getattr(args, "iter_decode_force_max_iter", False),
+                retain_history=getattr(args, "retain_iter_history", False))
         limit = getattr(self, "sequence_limit", None)
         if limit is not None and seq_gen_cls is None and not getattr(args, "print_alignment", False):
             seq_gen_cls = PositionCappedGenerator
@@ -136,6 +159,17 @@ class PLMTranslationTask(ExactBatchingMixin, TranslationTask):
             logger.warning(f"{len(bad)} pairs longer than the PLM's {limit} positions (prompt + source + target) "
                            f"skipped, e.g. #{bad[0]}")
         return indices[total <= limit]
+
+
+def _is_plain_fairseq_dictionary(path):
+    """``<symbol> <count>`` lines, as ``fairseq-preprocess`` writes its own dictionaries."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for _, line in zip(range(20), f)]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(lines) and all(len(line.rsplit(" ", 1)) == 2 and line.rsplit(" ", 1)[1].lstrip("-").isdigit()
+                               or line.endswith("#fairseq:overwrite") for line in lines if line)
 
 
 def _refuse_too_long(indices, sizes, limit, what, where):

@@ -1,6 +1,11 @@
 """``fairseq-plm-score``: sacrebleu BLEU (with signature) of a fairseq-generate output.
 
     fairseq-plm-score --generate-output gen.out [--tokenize zh] [--source-as-hypothesis]
+    fairseq-plm-score --generate-output gen.out --metric rouge-l,meteor
+
+``--metric`` (repeatable, or a comma list; default ``bleu``) picks bleu, rouge-l and/or
+meteor; ROUGE-L and METEOR are means of sentence scores x100 (see
+``fairseq_plm.data.generation_metrics``; they need ``pip install -r requirements-eval.txt``).
 
 reads the ``D-`` (detokenized hypothesis) and ``T-`` (reference) lines, in sentence-id order;
 ``--source-as-hypothesis`` scores the ``S-`` lines instead (the copy-the-source baseline).
@@ -11,7 +16,27 @@ import argparse
 import re
 import sys
 
+from ..data import generation_metrics as gm
 from ..data.text_processing import bleu
+
+METRICS = ("bleu", "rouge-l", "meteor")
+
+
+def parse_metrics(values):
+    """``--metric`` values (each possibly a comma list) -> ordered unique metric names."""
+    names = []
+    for value in values or ["bleu"]:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}: choose from {', '.join(METRICS)}")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise ValueError(f"--metric is empty: choose from {', '.join(METRICS)}")
+    return names
 
 
 def read_generate_output(path):
@@ -39,9 +64,17 @@ def main(argv=None):
     p.add_argument("--hyp")
     p.add_argument("--ref", help="reference file; with --generate-output it replaces the T- lines "
                                  "(raw references instead of round-tripped ones)")
-    p.add_argument("--tokenize", default="13a", help="sacrebleu tokenizer: 13a, or zh for Chinese")
+    p.add_argument("--tokenize", default="13a", help="sacrebleu tokenizer: 13a, or zh for Chinese "
+                                                     "(BLEU only)")
+    p.add_argument("--metric", action="append", metavar="NAME[,NAME]",
+                   help=f"metric(s) to print: {', '.join(METRICS)}; repeatable or a comma list "
+                        "(default: bleu)")
     p.add_argument("--source-as-hypothesis", action="store_true", help="score the source (copy baseline)")
     args = p.parse_args(argv)
+    try:
+        metrics = parse_metrics(args.metric)
+    except ValueError as e:
+        p.error(str(e))
     if args.generate_output:
         rows = read_generate_output(args.generate_output)
         ids = sorted(rows["T"])
@@ -59,10 +92,21 @@ def main(argv=None):
             p.error(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
     else:
         p.error("give --generate-output, or --hyp and --ref")
-    score, signature = bleu(hyps, refs, args.tokenize)
-    print(f"BLEU = {score.score:.2f} ({len(hyps)} sentences) | {signature}")
-    print(f"       {score}")
-    sys.stdout.flush()
+    for metric in metrics:
+        if metric == "bleu":
+            score, signature = bleu(hyps, refs, args.tokenize)
+            print(f"BLEU = {score.score:.2f} ({len(hyps)} sentences) | {signature}")
+            print(f"       {score}")
+        else:
+            label, score_fn, signature_fn = {
+                "rouge-l": ("ROUGE-L", gm.rouge_l, gm.rouge_l_signature),
+                "meteor": ("METEOR", gm.meteor, gm.meteor_signature)}[metric]
+            try:
+                value, signature = score_fn(hyps, refs), signature_fn()
+            except (ImportError, gm.WordNetMissing) as e:  # packages of requirements-eval.txt
+                raise SystemExit(f"fairseq-plm-score: {e}")
+            print(f"{label} = {value:.2f} ({len(hyps)} sentences) | {signature}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Every patch this package applies to fairseq or torch lives in this one file.
 
-fairseq-fixed 0.12.3.1 predates torch 2.6 and was only ever run on GPUs. Three things
+fairseq-fixed 0.12.3.1 predates torch 2.6 and was only ever run on GPUs. Four things
 need fixing for our users, and each is applied exactly once, on import of the package
 (which fairseq does for ``--user-dir``, and our ``fairseq-plm-*`` entry points do first):
 
@@ -19,6 +19,11 @@ need fixing for our users, and each is applied exactly once, on import of the pa
    already imported from another directory. A checkpoint trained from the source tree
    stores that path; generating with the installed package (or the reverse) would fail.
    ``_AnyFairseqPlmPath`` makes every copy of this package count as the same module.
+4. Empty hypotheses: ``fairseq-generate``'s default ``--scoring bleu`` hands each
+   hypothesis to a C scorer that crashes the process (segfault) on an empty one. An
+   autoregressive hypothesis always holds ``</s>``, but a non-autoregressive one (CTC,
+   all blanks) can be empty. ``_patch_bleu_scorer`` scores an empty hypothesis as
+   ``</s>`` alone, exactly as fairseq scores an autoregressive model's empty translation.
 """
 
 import contextlib
@@ -159,6 +164,19 @@ class _AnyFairseqPlmPath(list):
             return False
 
 
+def _patch_bleu_scorer():
+    from fairseq.scoring import bleu
+
+    add = bleu.Scorer.add
+
+    def add_empty_safe(self, ref, pred):
+        if pred.numel() == 0:
+            pred = torch.IntTensor([self.eos])
+        return add(self, ref, pred)
+
+    bleu.Scorer.add = add_empty_safe
+
+
 def make_package_path_unique(package):
     if not isinstance(package.__path__, _AnyFairseqPlmPath):
         package.__path__ = _AnyFairseqPlmPath(package.__path__)
@@ -170,4 +188,5 @@ def apply():
         return
     _patch_checkpoint_loading()
     _patch_cpu_distributed()
+    _patch_bleu_scorer()
     _APPLIED = True

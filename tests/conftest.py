@@ -59,6 +59,14 @@ def tiny(tmp_path_factory):
     return make_tiny_setup(str(tmp_path_factory.mktemp("tiny")))
 
 
+@pytest.fixture(scope="session")
+def tiny_xlmr(tiny, tmp_path_factory):
+    """The same gettext corpus, binarized for a tiny random XLM-R (HF format, XLM-R ids)."""
+    from tiny import make_tiny_xlmr_setup
+
+    return make_tiny_xlmr_setup(str(tmp_path_factory.mktemp("tiny_xlmr")), corpus_raw=tiny["raw"])
+
+
 TRAIN_ARGS = ["--task", "plm_translation", "--arch", "msp_single_stage", "--prompt-length", "8",
               "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800",
               "--criterion", "label_smoothed_cross_entropy", "--cpu", "--no-progress-bar",

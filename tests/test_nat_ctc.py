@@ -114,3 +114,17 @@ def test_mask_predict_helpers():
     assert mask_predict_count(torch.tensor([8]), 0, 4).item() == 6 and mask_predict_count(torch.tensor([8]), 3, 4) == 0
     up, m = upsample_by_duplication(torch.tensor([[5, 6, PAD]]), torch.tensor([[True, True, False]]))
     assert up.tolist() == [[5, 5, 6, 6, PAD, PAD]] and m.tolist() == [[True] * 4 + [False] * 2]
+
+
+def test_fairseq_bleu_scorer_survives_an_empty_hypothesis():
+    """A NAT output can be empty (all blanks); fairseq's C scorer used to segfault on it."""
+    from fairseq.scoring.bleu import BleuConfig, Scorer
+
+    import fairseq_plm  # noqa: F401  (applies compat)
+
+    s = Scorer(BleuConfig(pad=1, eos=2, unk=3))
+    s.add(torch.IntTensor([5, 6, 7, 2]), torch.IntTensor([]))
+    empty = (s.stat.reflen, s.stat.predlen, s.stat.match1)
+    t = Scorer(BleuConfig(pad=1, eos=2, unk=3))
+    t.add(torch.IntTensor([5, 6, 7, 2]), torch.IntTensor([2]))  # an autoregressive empty translation
+    assert empty == (t.stat.reflen, t.stat.predlen, t.stat.match1)

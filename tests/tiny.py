@@ -10,7 +10,9 @@ import torch
 
 from fairseq_plm.data.gettext_corpus import read_catalogs, split_pairs, write_splits
 from fairseq_plm.plm.config import PLMConfig
-from fairseq_plm.plm.export import save_hf_gpt2
+from fairseq_plm.plm.bert import BertEncoder
+from fairseq_plm.plm.config import preset
+from fairseq_plm.plm.export import save_hf_gpt2, save_hf_roberta
 from fairseq_plm.plm.gpt import GPT
 from fairseq_plm.recipes.common import encode_and_binarize
 
@@ -63,5 +65,36 @@ def make_tiny_setup(root, **corpus_kw):
     make_corpus(raw, **corpus_kw)
     model = make_spm([os.path.join(raw, "train.en"), os.path.join(raw, "train.de")], os.path.join(root, "spm"))
     make_tiny_gpt(plm, model)
+    encode_and_binarize(raw, plm, tok, data)
+    return {"raw": raw, "plm": plm, "tok": tok, "data": data}
+
+
+def make_xlmr_spm(text_files, prefix, vocab_size=300):
+    """A sentencepiece model with XLM-R's published id layout (<unk> 0, <s> 1, </s> 2)."""
+    spm.SentencePieceTrainer.train(input=",".join(map(str, text_files)), model_prefix=str(prefix),
+                                   vocab_size=vocab_size, model_type="unigram", character_coverage=1.0,
+                                   minloglevel=2)
+    return f"{prefix}.model"
+
+
+def make_tiny_xlmr(plm_dir, spm_model, layers=2, hidden=32, heads=4, seed=0):
+    """A tiny random XLM-R (HF format): XLM-R ids = 4 fairseq specials + pieces + <mask>."""
+    sp = spm.SentencePieceProcessor()
+    sp.Load(spm_model)
+    cfg = preset("xlmr-base", vocab_size=sp.GetPieceSize() + 2, hidden_size=hidden, num_layers=layers,
+                 num_heads=heads, intermediate_size=4 * hidden)  # 514 positions, as XLM-R
+    model = BertEncoder(cfg).init_random(seed)
+    save_hf_roberta(model, plm_dir, spm_model)
+    return model
+
+
+def make_tiny_xlmr_setup(root, corpus_raw=None, **corpus_kw):
+    """raw corpus (or an existing one) -> XLM-R-style spm -> tiny XLM-R dir -> binarized data."""
+    raw = corpus_raw or os.path.join(root, "raw")
+    plm, tok, data = (os.path.join(root, d) for d in ("plm", "tok", "data-bin"))
+    if corpus_raw is None:
+        make_corpus(raw, **corpus_kw)
+    model = make_xlmr_spm([os.path.join(raw, "train.en"), os.path.join(raw, "train.de")], os.path.join(root, "xspm"))
+    make_tiny_xlmr(plm, model)
     encode_and_binarize(raw, plm, tok, data)
     return {"raw": raw, "plm": plm, "tok": tok, "data": data}

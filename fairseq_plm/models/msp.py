@@ -29,8 +29,7 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 
 from ..plm.errors import FairseqPLMError
-from ..plm.fairseq_checks import check_dictionary
-from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_frozen_plm
+from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
 from ..plm.prompts import DeepPrompt, EmbeddingPrompt, MLPDeepPrompt
 
 
@@ -186,11 +185,7 @@ class PromptedGPTModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        plm = build_frozen_plm(cfg)
-        if plm.cfg.family != "gpt2":
-            raise FairseqPLMError(f"--plm {cfg.plm} is a {plm.cfg.family} model; {cls.__name__} needs a causal GPT")
-        for d, lang in ((task.source_dictionary, task.cfg.source_lang), (task.target_dictionary, task.cfg.target_lang)):
-            check_dictionary(d, plm, cfg.plm, what=f"dict.{lang}.txt", data=task.cfg.data)
+        plm = build_task_plm(cfg, task, ("gpt2",), f"{cls.__name__} needs a causal GPT")
         encoder = cls.build_encoder(cfg, task.source_dictionary, plm)
         return cls(encoder, PrefixConditionedDecoder(task.target_dictionary, plm))
 

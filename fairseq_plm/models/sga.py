@@ -50,8 +50,7 @@ from ..nat.refinement import (deletion_repetition_noise, lengths_to_mask, lowest
                               random_target_mask, upsample_by_duplication)
 from ..plm.config import preset
 from ..plm.errors import FairseqPLMError
-from ..plm.fairseq_checks import check_dictionary
-from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_frozen_plm
+from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
 from ..plm.prompts import DeepPrompt
 
 
@@ -161,15 +160,10 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        plm = build_frozen_plm(cfg)
-        if plm.cfg.is_causal:
-            raise FairseqPLMError(f"--plm {cfg.plm} is a causal model; --arch sga needs a bidirectional "
-                                  f"encoder (XLM-R or mBERT)")
-        if task.source_dictionary is not task.target_dictionary and not \
-                task.source_dictionary.same_vocabulary(task.target_dictionary):
+        plm = build_task_plm(cfg, task, ("roberta", "bert"),
+                             "--arch sga needs a bidirectional encoder (XLM-R or mBERT)")
+        if list(task.source_dictionary.symbols) != list(task.target_dictionary.symbols):
             raise FairseqPLMError("SGA reads and writes the PLM's own vocabulary: dict.*.txt must be the same")
-        for d, lang in ((task.source_dictionary, task.cfg.source_lang), (task.target_dictionary, task.cfg.target_lang)):
-            check_dictionary(d, plm, cfg.plm, what=f"dict.{lang}.txt", data=task.cfg.data)
         if getattr(task.target_dictionary, "mask_index", None) is None:
             raise FairseqPLMError(f"the dictionary of --plm {cfg.plm} has no mask symbol (CTC blank / Y_blank)")
         if cfg.expect_plm_shape:
@@ -281,11 +275,11 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
 
     def initialize_output_tokens(self, encoder_out, src_tokens):
         if self.cfg.alignment == "ctc":
-            canvas, _ = self.ctc_canvas(encoder_out)
+            canvas, mask = self.ctc_canvas(encoder_out)
         else:
-            lengths = self._predicted_lengths(encoder_out)
-            mask = lengths_to_mask(lengths)
-            canvas = torch.full(mask.shape, self.blank, dtype=torch.long, device=mask.device).masked_fill(~mask, self.pad)
+            mask = lengths_to_mask(self._predicted_lengths(encoder_out))
+            canvas = torch.full(mask.shape, self.blank, dtype=torch.long, device=mask.device)
+        canvas = canvas.masked_fill(~mask, self.pad)
         scores = canvas.new_zeros(canvas.shape, dtype=torch.float)
         return DecoderOut(output_tokens=canvas, output_scores=scores, attn=None, step=0, max_step=0, history=None)
 

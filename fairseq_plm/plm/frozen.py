@@ -19,6 +19,7 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 
 from .errors import FairseqPLMError
+from .fairseq_checks import check_dictionary
 from .loading import load_plm
 from .modules import PretrainedLM
 
@@ -53,6 +54,18 @@ def build_frozen_plm(cfg) -> PretrainedLM:
     plm = load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
     plm.freeze(keep_eval=not cfg.plm_dropout)
     plm.fingerprint = fingerprint(plm)
+    return plm
+
+
+def build_task_plm(cfg, task, families, needs):
+    """``build_frozen_plm`` for a translation-style task: the PLM must be of one of
+    ``families`` (else the error says what the method ``needs``), and both data
+    dictionaries must index tokens exactly as the PLM does."""
+    plm = build_frozen_plm(cfg)
+    if plm.cfg.family not in families:
+        raise FairseqPLMError(f"--plm {cfg.plm} is a {plm.cfg.family} model; {needs}")
+    for d, lang in ((task.source_dictionary, task.cfg.source_lang), (task.target_dictionary, task.cfg.target_lang)):
+        check_dictionary(d, plm, cfg.plm, what=f"dict.{lang}.txt", data=task.cfg.data)
     return plm
 
 

@@ -39,7 +39,6 @@ import shlex
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 

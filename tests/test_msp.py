@@ -11,7 +11,7 @@ from fairseq_plm.models.msp import MSPConfig, MSPModel, PrefixTuningConfig, Pref
     PromptTuningModel
 from fairseq_plm.plm.prompts import DeepPrompt
 from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
-from tiny import USER_DIR, cli
+from tiny import cli, make_shape_only_data
 
 VARIANTS = {
     "msp": (MSPModel, MSPConfig, {}),
@@ -152,17 +152,9 @@ def mgpt_data(tmp_path_factory):
     """Binarized toy data over a 250,100-entry mT5-sized dictionary (no tokenizer: shapes only)."""
     from fairseq_plm.plm.vocab import PLMDictionary
 
-    root = tmp_path_factory.mktemp("mgpt")
     d = PLMDictionary(["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, 250100)], pad=0, eos=1, unk=2, bos=1,
                       kind="t5")
-    d.save(str(root / "dict.txt"))
-    for split in ("train", "valid"):
-        for lang in ("en", "de"):
-            (root / f"{split}.{lang}").write_text("w5 w6 w7\nw8 w9\nw10\n")
-    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
-        "--trainpref", root / "train", "--validpref", root / "valid", "--srcdict", root / "dict.txt",
-        "--tgtdict", root / "dict.txt", "--destdir", root / "bin", "--workers", "1")
-    return str(root / "bin")
+    return make_shape_only_data(tmp_path_factory.mktemp("mgpt"), d, "w5 w6 w7\nw8 w9\nw10\n")
 
 
 # MSP Table 1 and Table 5 (#Params.); the paper rounds loosely (3 x 6.29M = 18.87M is "19.0M")

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from fairseq_plm.plm.vocab import PLMDictionary
-from tiny import USER_DIR, cli
+from tiny import USER_DIR, cli, make_shape_only_data
 
 COMMON = ["--task", "plm_translation", "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "1000",
           "--criterion", "plm_nat_loss", "--cpu", "--no-progress-bar", "--log-format", "simple", "--log-interval", "1",
@@ -73,17 +73,9 @@ def test_xlmr_architectures_refuse_a_plm_of_another_shape(tiny_xlmr, tmp_path):
 @pytest.fixture(scope="module")
 def xlmr_sized_data(tmp_path_factory):
     """Toy data over a 250,002-entry XLM-R-sized dictionary (shapes only)."""
-    root = tmp_path_factory.mktemp("xlmr")
     d = PLMDictionary(["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, 250001)] + ["<mask>"],
                       pad=1, eos=2, unk=3, bos=0, mask=250001, kind="xlmr")
-    d.save(str(root / "dict.txt"))
-    for split in ("train", "valid"):
-        for lang in ("en", "de"):
-            (root / f"{split}.{lang}").write_text("w5 w6 w7\nw8 w9\n")
-    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
-        "--trainpref", root / "train", "--validpref", root / "valid", "--srcdict", root / "dict.txt",
-        "--tgtdict", root / "dict.txt", "--destdir", root / "bin", "--workers", "1")
-    return str(root / "bin")
+    return make_shape_only_data(tmp_path_factory.mktemp("xlmr"), d)
 
 
 # SGA Table 1 "Param." (trainable); the authors' log of XLM-R base + SGA: 8,259,075

@@ -98,3 +98,19 @@ def make_tiny_xlmr_setup(root, corpus_raw=None, **corpus_kw):
     make_tiny_xlmr(plm, model)
     encode_and_binarize(raw, plm, tok, data)
     return {"raw": raw, "plm": plm, "tok": tok, "data": data}
+
+
+def make_shape_only_data(root, dictionary, lines="w5 w6 w7\nw8 w9\n"):
+    """Binarized toy train/valid data over a PLM-sized dictionary (no tokenizer: for
+    parameter counts at true size). Returns the data-bin path."""
+    root = str(root)
+    dictionary.save(os.path.join(root, "dict.txt"))
+    for split in ("train", "valid"):
+        for lang in ("en", "de"):
+            with open(os.path.join(root, f"{split}.{lang}"), "w") as f:
+                f.write(lines)
+    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", "en", "-t", "de",
+        "--trainpref", os.path.join(root, "train"), "--validpref", os.path.join(root, "valid"),
+        "--srcdict", os.path.join(root, "dict.txt"), "--tgtdict", os.path.join(root, "dict.txt"),
+        "--destdir", os.path.join(root, "bin"), "--workers", "1")
+    return os.path.join(root, "bin")

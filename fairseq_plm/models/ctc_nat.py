@@ -50,18 +50,21 @@ class CTCNATDecoder(FairseqDecoder):
         self.register_buffer("forbidden", torch.tensor(sorted(forbidden)), persistent=False)
         self.max_target_positions = cfg.max_target_positions
 
+    def canvas_mask(self, encoder_out):
+        """[B, r*S]: True on the r x |x| decoder positions of each sentence."""
+        src_pad = encoder_out["encoder_padding_mask"][0]
+        return lengths_to_mask((~src_pad).long().sum(dim=1) * self.ratio, src_pad.size(1) * self.ratio)
+
     def forward(self, encoder_out, **unused):
         """Log-probabilities over the canvas [B, r*S, V] and the canvas mask [B, r*S]."""
         h = encoder_out["encoder_out"][0].transpose(0, 1)  # [B, S, C]
-        src_pad = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else \
-            torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        src_pad = encoder_out["encoder_padding_mask"][0]
         # real source states first (CTC frames must be a prefix), whichever side was padded
         order = torch.sort(src_pad.to(torch.int8), dim=1, stable=True).indices
         h = h.gather(1, order[..., None].expand_as(h))
-        lengths = (~src_pad).long().sum(dim=1) * self.ratio
         b, s, _ = h.shape
         x = self.split(h).view(b, s * self.ratio, -1)
-        canvas_mask = lengths_to_mask(lengths, x.size(1))
+        canvas_mask = self.canvas_mask(encoder_out)
         positions = self.embed_positions(torch.where(canvas_mask, self.pad + 1, self.pad))  # 1..n, pads skipped
         x = self.dropout(x + positions)
         x = x.transpose(0, 1)
@@ -127,8 +130,7 @@ class CTCNATModel(FairseqEncoderDecoderModel):
         return self.encoder(src_tokens, src_lengths=src_lengths)
 
     def initialize_output_tokens(self, encoder_out, src_tokens):
-        pad = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else src_tokens.eq(-1)
-        canvas = lengths_to_mask((~pad).long().sum(dim=1) * self.decoder.ratio)
+        canvas = self.decoder.canvas_mask(encoder_out)
         tokens = torch.full(canvas.shape, self.blank, dtype=torch.long, device=canvas.device)
         tokens = tokens.masked_fill(~canvas, self.decoder.pad)
         return DecoderOut(output_tokens=tokens, output_scores=torch.zeros(canvas.shape, device=canvas.device),

@@ -148,7 +148,6 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         self.encoder = encoder
         self.align_prompt = align_prompt
         self.denoise_prompt = denoise_prompt
-        self.tgt_dict = dictionary
         self.blank = ctc_blank(dictionary)  # <mask>
         self.bos, self.eos, self.pad = dictionary.bos(), dictionary.eos(), dictionary.pad()
         # never generated: framing and padding (pad also marks collapsed-away canvas slots)
@@ -243,7 +242,7 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
             terms["align-ctc"] = {"ctc": True, "lprobs": lprobs, "input_mask": canvas_mask,
                                   "targets": target, "target_mask": target_mask}
             if self.denoise_prompt is not None:
-                t0, _ = ctc_collapse_in_place(lprobs.detach().argmax(-1), self.blank, self.pad, canvas_mask)
+                t0 = self._collapse(lprobs.detach(), canvas_mask)[0]
                 noisy_in = self._denoiser_input(t0, canvas_mask)
         else:
             masked = random_target_mask(target_mask)

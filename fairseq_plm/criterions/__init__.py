@@ -1,2 +1,3 @@
 """Criterions of this package (method-specific losses register here)."""
-from . import plm_nat_loss  # noqa: F401  (registers plm_nat_loss)
+from . import fusion_loss, plm_nat_loss  # noqa: F401  (registers deep_fusion_loss, plm_nat_loss)
+from . import mpt_loss  # noqa: F401  (registers mpt_loss)

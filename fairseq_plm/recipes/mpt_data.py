@@ -1,0 +1,194 @@
+"""Data for the MPT recipes: the external parallel corpus, and a small synthetic NLI task.
+
+    python -m fairseq_plm.recipes.mpt_data paws15 --pawsx-dir x-final --out data/parallel.tsv
+    python -m fairseq_plm.recipes.mpt_data xnli-parallel --xnli-file XNLI-1.0/xnli.dev.tsv --out data/parallel_xnli.tsv
+    python -m fairseq_plm.recipes.mpt_data gettext --out data/parallel.tsv
+    python -m fairseq_plm.recipes.mpt_data synthetic --out synthetic/
+
+* ``paws15``: PAWS-15 as MPT §IV-A builds it: 500 English PAWS-X training pairs drawn with a
+  seed, each paired with its translation into one randomly chosen target language. The paper
+  machine-translated into 14 XNLI languages with Google Translate; offline we take PAWS-X's
+  own (machine-)translated training pairs, matched by ``id``, so the target languages are
+  PAWS-X's (de, es, fr, ja, ko, zh).
+* ``xnli-parallel``: "w/o external data" of Table II: the parallel pairs come from XNLI itself
+  (an unlabelled English dev pair and the same pair, by ``pairID``, in a random other language).
+* ``gettext``: a real parallel corpus that exists on every Debian machine (the English msgid
+  and translated msgstr of /usr/share/locale catalogs), two messages per "sentence pair".
+* ``synthetic``: an NLI task a tiny model learns in seconds (for tests and the CPU demo):
+  premises are four words of set A; an entailed hypothesis repeats one of them, a
+  contradicted one adds "not", a neutral one uses a word of the disjoint set B. The "de" test
+  set spells every word backwards (a different surface form for the same task), and
+  ``synthetic_parallel`` pairs English inputs with those "translations".
+"""
+
+import argparse
+import os
+import random
+from typing import List
+
+from ..data.nli import LABELS, write_tsv
+from ..plm.errors import FairseqPLMError
+
+PAWSX_LANGUAGES = ("de", "es", "fr", "ja", "ko", "zh")
+
+
+def _pick_target(rng, langs, available):
+    choices = [lang for lang in langs if lang in available]
+    return rng.choice(choices) if choices else None
+
+
+def paws15(pawsx_dir, n=500, seed=1, langs=PAWSX_LANGUAGES) -> List[dict]:
+    """PAWS-15-style rows from a PAWS-X ``x-final`` directory (en/train.tsv and
+    <lang>/translated_train.tsv, columns id, sentence1, sentence2, label)."""
+    def read(path):
+        if not os.path.exists(path):
+            raise FairseqPLMError(f"PAWS-X file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\n").split("\t")
+            rows = [dict(zip(header, line.rstrip("\n").split("\t"))) for line in f if line.strip()]
+        return {r["id"]: r for r in rows if r.get("sentence1") and r.get("sentence2")}
+
+    english = read(os.path.join(pawsx_dir, "en", "train.tsv"))
+    translated = {lang: read(os.path.join(pawsx_dir, lang, "translated_train.tsv")) for lang in langs}
+    rng = random.Random(seed)
+    ids = sorted(english, key=lambda i: int(i) if i.isdigit() else i)
+    rng.shuffle(ids)
+    rows = []
+    for i in ids:
+        lang = _pick_target(rng, langs, [lang for lang in langs if i in translated[lang]])
+        if lang is None:
+            continue
+        e, t = english[i], translated[lang][i]
+        rows.append({"src_premise": e["sentence1"], "src_hypothesis": e["sentence2"],
+                     "tgt_premise": t["sentence1"], "tgt_hypothesis": t["sentence2"], "tgt_language": lang})
+        if len(rows) == n:
+            break
+    return rows
+
+
+def xnli_parallel(xnli_file, n=500, seed=1, source_lang="en") -> List[dict]:
+    """Unlabelled parallel pairs from an XNLI dev/test file (same ``pairID`` in two languages)."""
+    by_pair = {}
+    with open(xnli_file, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            r = dict(zip(header, line.rstrip("\n").split("\t")))
+            by_pair.setdefault(r["pairID"], {})[r["language"]] = r
+    rng = random.Random(seed)
+    keys = sorted(by_pair)
+    rng.shuffle(keys)
+    rows = []
+    for k in keys[:n]:
+        langs = by_pair[k]
+        others = sorted(lang for lang in langs if lang != source_lang)
+        if source_lang not in langs or not others:
+            continue
+        e, t = langs[source_lang], langs[rng.choice(others)]
+        rows.append({"src_premise": e["sentence1"], "src_hypothesis": e["sentence2"],
+                     "tgt_premise": t["sentence1"], "tgt_hypothesis": t["sentence2"], "tgt_language": t["language"]})
+    return rows
+
+
+def gettext_parallel(n=500, seed=1, langs=("de", "fr", "es", "ru", "zh_CN", "tr", "vi", "bg", "el", "ar")) -> List[dict]:
+    from ..data.gettext_corpus import read_catalogs
+
+    catalogs = {}
+    for lang in langs:
+        try:
+            pairs = read_catalogs(lang)
+        except FileNotFoundError:
+            continue
+        if len(pairs) >= 2:
+            catalogs[lang] = pairs
+    if not catalogs:
+        raise FairseqPLMError(f"no gettext catalogs for any of {', '.join(langs)} under /usr/share/locale")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        lang = rng.choice(sorted(catalogs))
+        (e1, t1), (e2, t2) = rng.sample(catalogs[lang], 2)
+        rows.append({"src_premise": e1, "src_hypothesis": e2, "tgt_premise": t1, "tgt_hypothesis": t2,
+                     "tgt_language": lang.split("_")[0]})
+    return rows
+
+
+# ------------------------------------------------------------------------------ synthetic NLI
+
+SET_A = ("river", "stone", "garden", "window", "market", "forest", "bridge", "kitchen", "letter", "mountain",
+         "candle", "harbor")
+SET_B = ("planet", "violin", "desert", "tunnel", "ladder", "pepper", "island", "museum")
+
+
+def _foreign(words, lang):
+    return words if lang == "en" else [w[::-1] for w in words]
+
+
+def synthetic_example(rng, label, lang="en"):
+    premise = rng.sample(SET_A, 4)
+    if label == 0:  # entailment: repeats a premise word
+        hyp = ["the", rng.choice(premise), "is", "here"]
+    elif label == 2:  # contradiction: negated
+        hyp = ["the", rng.choice(premise), "is", "not", "here"]
+    else:  # neutral: a word the premise never uses
+        hyp = ["the", rng.choice(SET_B), "is", "here"]
+    return {"premise": " ".join(_foreign(["we", "saw"] + premise, lang)),
+            "hypothesis": " ".join(_foreign(hyp, lang)), "label": LABELS[label], "language": lang}
+
+
+def synthetic_nli(out_dir, n_train=60, n_valid=30, n_test=60, test_langs=("en", "de"), seed=1):
+    """train/valid/test.tsv of the synthetic task (balanced labels)."""
+    rng = random.Random(seed)
+    write_tsv(os.path.join(out_dir, "train.tsv"), [synthetic_example(rng, i % 3) for i in range(n_train)])
+    write_tsv(os.path.join(out_dir, "valid.tsv"), [synthetic_example(rng, i % 3) for i in range(n_valid)])
+    write_tsv(os.path.join(out_dir, "test.tsv"),
+              [synthetic_example(rng, i % 3, lang) for lang in test_langs for i in range(n_test)])
+    return out_dir
+
+
+def synthetic_parallel(n=60, seed=2, lang="de") -> List[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        e = synthetic_example(random.Random(rng.random()), i % 3)
+        t = {k: " ".join(_foreign(v.split(), lang)) for k, v in e.items() if k in ("premise", "hypothesis")}
+        rows.append({"src_premise": e["premise"], "src_hypothesis": e["hypothesis"], "tgt_premise": t["premise"],
+                     "tgt_hypothesis": t["hypothesis"], "tgt_language": lang})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("paws15", help="PAWS-15-style corpus from PAWS-X")
+    a.add_argument("--pawsx-dir", required=True, help="PAWS-X x-final directory")
+    a.add_argument("--langs", default=",".join(PAWSX_LANGUAGES))
+    b = sub.add_parser("xnli-parallel", help="parallel pairs from an XNLI dev/test file (w/o external data)")
+    b.add_argument("--xnli-file", required=True)
+    c = sub.add_parser("gettext", help="parallel pairs from the gettext catalogs")
+    s = sub.add_parser("synthetic", help="synthetic NLI task (train/valid/test.tsv) and parallel.tsv")
+    for q in (a, b, c):
+        q.add_argument("--out", required=True, help="output .tsv")
+        q.add_argument("--n", type=int, default=500, help="parallel pairs (PAWS-15: 500)")
+        q.add_argument("--seed", type=int, default=1)
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.cmd == "synthetic":
+        synthetic_nli(args.out, seed=args.seed)
+        write_tsv(os.path.join(args.out, "parallel.tsv"), synthetic_parallel(seed=args.seed + 1))
+        print(f"wrote {args.out}/train.tsv valid.tsv test.tsv parallel.tsv")
+        return
+    if args.cmd == "paws15":
+        rows = paws15(args.pawsx_dir, args.n, args.seed, tuple(args.langs.split(",")))
+    elif args.cmd == "xnli-parallel":
+        rows = xnli_parallel(args.xnli_file, args.n, args.seed)
+    else:
+        rows = gettext_parallel(args.n, args.seed)
+    if not rows:
+        raise SystemExit("no parallel pairs found")
+    write_tsv(args.out, rows)
+    print(f"wrote {len(rows)} parallel pairs to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

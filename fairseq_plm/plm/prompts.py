@@ -63,3 +63,21 @@ class EmbeddingPrompt(nn.Module):
 
     def forward(self):
         return self.embedding[None]  # [1, L, d]
+
+
+class PTuningPrompt(nn.Module):
+    """P-tuning's prompt encoder (Liu et al. 2021, "GPT understands, too"), as MPT §III-A uses
+    it: m input-layer pseudo-token vectors E [m, d] fed through a two-layer bidirectional LSTM
+    (d/2 per direction) and an MLP d -> d -> d with ReLU: p = MLP(LSTM(E))."""
+
+    def __init__(self, length, hidden):
+        super().__init__()
+        if hidden % 2:
+            raise ValueError(f"PTuningPrompt needs an even hidden size, got {hidden}")
+        self.length = length
+        self.embedding = nn.Parameter(torch.randn(length, hidden))  # nn.Embedding's N(0, 1), as P-tuning
+        self.lstm = nn.LSTM(hidden, hidden // 2, num_layers=2, bidirectional=True, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+
+    def forward(self):
+        return self.mlp(self.lstm(self.embedding[None])[0])  # [1, m, d]

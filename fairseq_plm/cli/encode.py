@@ -5,22 +5,7 @@ import argparse
 import os
 import sys
 
-from ..plm.vocab import VocabularyError, WordPieceTokenizer, tokenizer_file
-
-
-def make_encoder(path):
-    """A function str -> list of pieces for a PLM directory or tokenizer file."""
-    tok = tokenizer_file(path) if os.path.isdir(path) else path
-    if tok is None or not os.path.exists(tok):
-        raise VocabularyError(f"no tokenizer found at {path} (spiece.model, sentencepiece.bpe.model or vocab.txt)")
-    if tok.endswith(".model"):
-        import sentencepiece as spm
-
-        sp = spm.SentencePieceProcessor()
-        sp.Load(tok)
-        return lambda line: sp.EncodeAsPieces(line)
-    wp = WordPieceTokenizer(tok)
-    return wp.tokenize
+from ..plm.vocab import make_encoder
 
 
 def main(argv=None):

@@ -52,6 +52,7 @@ from ..plm.config import preset
 from ..plm.errors import FairseqPLMError
 from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
 from ..plm.prompts import DeepPrompt
+from ..plm.vocab import frame
 
 
 @dataclass
@@ -103,7 +104,7 @@ class SemanticEncoder(FairseqEncoder):
     def forward(self, src_tokens, src_lengths=None, **unused):
         tokens = src_tokens.masked_fill(src_tokens.eq(self.eos), self.pad)  # content x, right-padded
         n = tokens.ne(self.pad).long().sum(dim=1)
-        framed = _frame(tokens, n, self.bos, self.eos, self.pad)
+        framed = frame(tokens, n, self.bos, self.eos, self.pad)
         pad = framed.eq(self.pad)
         out = self.plm(framed, prefix=self.prompt(), padding_mask=pad, return_hidden_states=True)
         h = out.hidden_states[1:]  # outputs of layers 1..L
@@ -127,13 +128,6 @@ class SemanticEncoder(FairseqEncoder):
         # <s> x </s> and the CTC canvas <s> r|x| </s> must fit the PLM's positions
         usable = self.plm.cfg.usable_positions - 2
         return usable // self.upsample_ratio if self.length_head is None else usable
-
-
-def _frame(tokens, lengths, bos, eos, pad):
-    """Right-padded content [B, T] with lengths -> ``<s> content </s>`` [B, T + 2]."""
-    b = tokens.size(0)
-    framed = torch.cat([tokens.new_full((b, 1), bos), tokens, tokens.new_full((b, 1), pad)], dim=1)
-    return framed.scatter(1, (lengths + 1)[:, None], eos)
 
 
 @register_model("sga", dataclass=SGAConfig)
@@ -203,7 +197,7 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         the canvas positions [B, T, V]."""
         lengths = canvas_mask.long().sum(dim=1)
         tokens = canvas.masked_fill(~canvas_mask, self.pad)
-        framed = _frame(tokens, lengths, self.bos, self.eos, self.pad)
+        framed = frame(tokens, lengths, self.bos, self.eos, self.pad)
         pad = ~lengths_to_mask(lengths + 2, framed.size(1))
         p = prompt()
         prefix = [[(k, v), pk] for k, v, pk in zip(encoder_out["src_keys"], encoder_out["src_values"], p)]

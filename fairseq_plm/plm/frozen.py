@@ -48,10 +48,15 @@ class PromptArgs(PLMArgs):
     prompt_length: int = field(default=128, metadata={"help": "prompt length L (MSP §4.1 and SGA: 128)"})
 
 
-def build_frozen_plm(cfg) -> PretrainedLM:
+def build_plm(cfg) -> PretrainedLM:
+    """The PLM named by ``--plm`` (trainable, as loaded)."""
     if os.path.isdir(cfg.plm):  # checkpoints remember an absolute path, valid from any cwd
         cfg.plm = os.path.abspath(cfg.plm)
-    plm = load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
+    return load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
+
+
+def build_frozen_plm(cfg) -> PretrainedLM:
+    plm = build_plm(cfg)
     plm.freeze(keep_eval=not cfg.plm_dropout)
     plm.fingerprint = fingerprint(plm)
     return plm

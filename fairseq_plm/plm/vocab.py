@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import torch
 from fairseq.data import Dictionary
 from fairseq.data.encoders import register_bpe
 from fairseq.dataclass import FairseqDataclass
@@ -66,6 +67,14 @@ class PLMDictionary(Dictionary):
         return cls(symbols, pad=int(meta["pad"]), eos=int(meta["eos"]), unk=int(meta["unk"]),
                    bos=int(meta["bos"]), mask=None if mask < 0 else mask, kind=meta["kind"],
                    allow_duplicates=meta["kind"] == "wordpiece")
+
+    def string(self, tensor, *args, **kwargs):
+        """As ``Dictionary.string``, but padding never prints: a PLM's pad id need not be the
+        one fairseq strips (its target dictionary's), e.g. mBERT's [PAD] 0 next to an NMT
+        target dictionary's <pad> 1."""
+        if torch.is_tensor(tensor) and tensor.dim() == 1:
+            tensor = tensor[tensor.ne(self.pad_index)]
+        return super().string(tensor, *args, **kwargs)
 
     def same_vocabulary(self, other) -> bool:
         return self.symbols == list(other.symbols)
@@ -175,6 +184,63 @@ def load_dictionary(path: str, family: Optional[str] = None, vocab_size: Optiona
         return xlmr_dictionary_from_fairseq(path)
     raise VocabularyError(
         f"{path} is not a fairseq_plm dictionary; pass the PLM's tokenizer file or directory instead")
+
+
+def make_encoder(path: str):
+    """A function str -> list of pieces: the PLM's own tokenizer, from a PLM directory or its
+    spiece.model / sentencepiece.bpe.model / vocab.txt."""
+    tok = tokenizer_file(path) if os.path.isdir(path) else path
+    if tok is None or not os.path.exists(tok):
+        raise VocabularyError(f"no tokenizer found at {path} (spiece.model, sentencepiece.bpe.model or vocab.txt)")
+    if tok.endswith(".model"):
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        sp.Load(tok)
+        return sp.EncodeAsPieces
+    return WordPieceTokenizer(tok).tokenize
+
+
+def detect_subword(dictionary) -> str:
+    """How a plain fairseq (NMT) dictionary's symbols were split: ``sentencepiece`` (pieces
+    start with U+2581), ``subword_nmt`` (fastBPE/subword-nmt: ``@@`` continuations) or ``none``,
+    as the ``symbol`` of fairseq's ``data_utils.post_process``."""
+    symbols = dictionary.symbols[dictionary.nspecial:]
+    if sum(s.startswith("\u2581") for s in symbols) * 5 > len(symbols):
+        return "sentencepiece"
+    if any(s.endswith("@@") for s in symbols):
+        return "subword_nmt"
+    return "none"
+
+
+class Retokenizer:
+    """NMT token ids -> the same sentence in a PLM's vocabulary: ids decoded with the NMT
+    dictionary, subword marks removed (``subword``: a ``post_process`` symbol, or ``auto``),
+    and the text re-tokenized by the PLM's tokenizer. Picklable (data loader workers)."""
+
+    def __init__(self, nmt_dictionary, plm_tokenizer: str, plm_dictionary, subword: str = "auto"):
+        self.nmt, self.plm, self.path = nmt_dictionary, plm_dictionary, plm_tokenizer
+        self.subword = detect_subword(nmt_dictionary) if subword == "auto" else subword
+        self._encode = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_encode": None}
+
+    def __call__(self, ids) -> List[int]:
+        from fairseq.data.data_utils import post_process
+
+        if self._encode is None:
+            self._encode = make_encoder(self.path)
+        text = post_process(self.nmt.string(ids), self.subword)
+        return [self.plm.index(piece) for piece in self._encode(text)]
+
+
+def frame(tokens, lengths, bos: int, eos: int, pad: int):
+    """Right-padded content [B, T] with ``lengths`` -> ``bos content eos`` [B, T + 2], right
+    padded: ``<s> x </s>`` (XLM-R) or ``[CLS] x [SEP]`` (mBERT), as in pre-training."""
+    b = tokens.size(0)
+    framed = torch.cat([tokens.new_full((b, 1), bos), tokens, tokens.new_full((b, 1), pad)], dim=1)
+    return framed.scatter(1, (lengths + 1)[:, None], eos)
 
 
 def tokenizer_file(plm_path: str) -> Optional[str]:

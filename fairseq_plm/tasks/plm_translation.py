@@ -54,6 +54,9 @@ class ExactBatchingMixin:
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        self.make_batching_exact(split)
+
+    def make_batching_exact(self, split):
         dataset = self.datasets[split]
         dataset.ordered_indices = _SeededOrder(dataset.ordered_indices, self.cfg.seed)
         dataset.batch_by_size = _KeepRemainder(dataset.batch_by_size)

@@ -114,3 +114,62 @@ def make_shape_only_data(root, dictionary, lines="w5 w6 w7\nw8 w9\n"):
         "--srcdict", os.path.join(root, "dict.txt"), "--tgtdict", os.path.join(root, "dict.txt"),
         "--destdir", os.path.join(root, "bin"), "--workers", "1")
     return os.path.join(root, "bin")
+
+
+def make_wordpiece_vocab(text_files, path):
+    """An mBERT-layout vocab.txt covering the text: mBERT's special ids in order ([PAD] 0,
+    [unused*], [UNK], [CLS], [SEP], [MASK]), then single characters (also as ``##`` suffixes,
+    so WordPiece never falls back to [UNK]) and frequent word starts."""
+    from collections import Counter
+
+    words, chars = Counter(), set()
+    for f in text_files:
+        with open(f, encoding="utf-8") as fd:
+            for line in fd:
+                for w in line.split():
+                    words[w] += 1
+                    chars.update(w)
+    pieces = sorted(chars) + ["##" + c for c in sorted(chars)] + [w for w, n in words.most_common(300) if len(w) > 1]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(["[PAD]"] + [f"[unused{i}]" for i in range(5)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                          + list(dict.fromkeys(pieces))) + "\n")
+    return path
+
+
+def make_tiny_mbert(plm_dir, vocab_txt, layers=4, hidden=32, heads=4, seed=0):
+    """A tiny random mBERT (HF ``BertForMaskedLM`` layout) over ``vocab_txt``."""
+    from fairseq_plm.plm.export import save_hf_bert
+
+    with open(vocab_txt, encoding="utf-8") as f:
+        size = sum(1 for line in f if line.rstrip("\n"))
+    cfg = preset("mbert", vocab_size=size, hidden_size=hidden, num_layers=layers, num_heads=heads,
+                 intermediate_size=4 * hidden, max_positions=128)
+    model = BertEncoder(cfg).init_random(seed)
+    save_hf_bert(model, plm_dir, vocab_txt)
+    return model
+
+
+def make_tiny_fusion_setup(root, corpus_raw, nmt_vocab=200):
+    """Deep-fusion data from one fairseq-preprocess run: English source in a tiny mBERT's
+    WordPiece vocabulary, German target in its own sentencepiece vocabulary."""
+    plm, tok, data = (os.path.join(root, d) for d in ("plm", "tok", "data-bin"))
+    os.makedirs(tok, exist_ok=True)
+    vocab = make_wordpiece_vocab([os.path.join(corpus_raw, "train.en"), os.path.join(corpus_raw, "train.de")],
+                                 os.path.join(root, "vocab.txt"))
+    make_tiny_mbert(plm, vocab)
+    nmt = make_spm([os.path.join(corpus_raw, "train.de")], os.path.join(root, "nmt"), vocab_size=nmt_vocab)
+    sp = spm.SentencePieceProcessor()
+    sp.Load(nmt)
+    splits = ("train", "valid", "test")
+    cli("fairseq-plm-encode", "--tokenizer", plm, "--inputs", *[os.path.join(corpus_raw, f"{s}.en") for s in splits],
+        "--outputs", *[os.path.join(tok, f"{s}.en") for s in splits])
+    for s in splits:
+        with open(os.path.join(corpus_raw, f"{s}.de"), encoding="utf-8") as fin, \
+                open(os.path.join(tok, f"{s}.de"), "w", encoding="utf-8") as fout:
+            for line in fin:
+                fout.write(" ".join(sp.EncodeAsPieces(line.strip())) + "\n")
+    cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "fusion_translation", "-s", "en", "-t", "de",
+        "--trainpref", os.path.join(tok, "train"), "--validpref", os.path.join(tok, "valid"),
+        "--testpref", os.path.join(tok, "test"), "--srcdict", plm, "--nwordstgt", "30000",
+        "--destdir", data, "--workers", "1")
+    return {"raw": corpus_raw, "plm": plm, "tok": tok, "data": data, "nmt_spm": nmt}

@@ -203,7 +203,7 @@ class MPTFineTune(BaseFairseqModel):
     def build_model(cls, cfg, task):
         if task.cfg.input_format != "pair":
             raise FairseqPLMError("--arch mpt_ft reads sentence pairs: use --input-format pair")
-        return cls(load_task_plm(cfg, task, freeze=False), len(task.label_word_ids), cfg.pooler_dropout)
+        return cls(load_task_plm(cfg, task, freeze=False), task.num_labels, cfg.pooler_dropout)
 
     def forward(self, src_tokens, src_lengths=None, **unused):
         """Class logits [B, C]."""

@@ -67,6 +67,15 @@ def tiny_xlmr(tiny, tmp_path_factory):
     return make_tiny_xlmr_setup(str(tmp_path_factory.mktemp("tiny_xlmr")), corpus_raw=tiny["raw"])
 
 
+@pytest.fixture(scope="session")
+def tiny_fusion(tiny, tmp_path_factory):
+    """The same gettext corpus for deep fusion: English source in a tiny random mBERT's WordPiece
+    vocabulary (4 layers), German target in its own sentencepiece vocabulary."""
+    from tiny import make_tiny_fusion_setup
+
+    return make_tiny_fusion_setup(str(tmp_path_factory.mktemp("tiny_fusion")), tiny["raw"])
+
+
 TRAIN_ARGS = ["--task", "plm_translation", "--arch", "msp_single_stage", "--prompt-length", "8",
               "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800",
               "--criterion", "label_smoothed_cross_entropy", "--cpu", "--no-progress-bar",

@@ -318,3 +318,15 @@ def test_masked_mean_ignores_padding():
     x = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert masked_mean(x, torch.tensor([[False, False, True]])).item() == 2.0
     assert math.isclose(masked_mean(x, torch.tensor([[False, False, False]])).item(), 104 / 3, rel_tol=1e-6)
+
+
+def test_xlmr_works_as_the_ptm(tiny_xlmr):
+    """XLM-R (RoBERTa layout: <s> x </s>, positions from padding_idx + 1) in place of mBERT."""
+    task, model, criterion = build(tiny_xlmr, "--fusion-layers", "1")
+    assert len(model.decoder.layers) == 2 and model.encoder.plm.cfg.family == "roberta"
+    sample = train_batch(task)
+    model.train()
+    loss, sample_size, log = criterion(model, sample)
+    loss.backward()
+    assert torch.isfinite(loss) and all(k in log for k in ("twp-loss", "tsp-loss", "mlm-loss"))
+    assert model.encoder.plm.layers[0].attn_ln.weight.grad is not None

@@ -5,6 +5,8 @@ the SP and FT baselines, and a frozen-PLM run."""
 import json
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 import sentencepiece as spm
@@ -101,3 +103,23 @@ def test_bad_input_gives_a_clear_error(setup, tmp_path):
             "--verbalizer", setup["verbalizer"], "--criterion", "mpt_loss", "--batch-size", "8", "--cpu",
             "--save-dir", str(tmp_path), check=False)
     assert p.returncode != 0 and "--arch mpt_ft reads sentence pairs: use --input-format pair" in p.stderr
+
+
+def test_two_process_data_parallel_training(setup, tmp_path):
+    """fairseq's own data-parallel launcher (2 gloo processes on CPU): the parallel rows and
+    the loss work under DDP and the replicas stay identical."""
+    out = tmp_path / "dumps"
+    out.mkdir()
+    env = dict(os.environ, DDP_DRIVER_OUT=str(out), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "ddp_driver.py"), setup["data"],
+           "--user-dir", USER_DIR, "--task", "mpt_nli", "--plm", setup["plm"], "--arch", "mpt",
+           "--verbalizer", setup["verbalizer"], "--parallel-data", setup["parallel"], "--criterion", "mpt_loss",
+           "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "8", "--max-update", "4", "--cpu",
+           "--distributed-world-size", "2", "--save-dir", str(tmp_path / "ckpt"), "--no-epoch-checkpoints"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert r0["world_size"] == 2 and r0["num_updates"] == r1["num_updates"] == 4
+    assert any(n.startswith("translator.") for n in r0["params"])
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name

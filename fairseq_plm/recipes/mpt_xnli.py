@@ -11,7 +11,8 @@ none) at a constant lr 4e-5, batch 24, 50 epochs, maximum length 256, prompt len
 seeds 1-5; the checkpoint with the best English development accuracy is evaluated.
 
 Table I: FT, SP and MPT for k in {1, 2, 4, ..., 256} shots. Table II (64 shots): MPT,
-"w/o consistency loss" (alpha = 1: no KL term, so the parallel corpus is not loaded),
+"w/o consistency loss" (alpha = 1: no KL term, so the parallel corpus is not loaded and the
+translator, trained by the KL term alone, keeps its initial weights),
 "w/o external data" (the parallel pairs come from unlabelled XNLI data, see
 ``mpt_data xnli-parallel``), "w/o prompt translator" (p^T = p^S) and "w/o MPT framework"
 (= SP). PCT (Qi et al. 2022) is not part of this package.
@@ -39,7 +40,9 @@ def method_args(method, parallel, xnli_parallel=None):
         "FT": ["--arch", "mpt_ft", "--input-format", "pair", "--criterion", "mpt_loss", "--alpha", "1"],
         "SP": ["--arch", "mpt_sp", "--criterion", "mpt_loss", "--alpha", "1"],
         "MPT": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "0.5", "--parallel-data", parallel],
-        "w/o consistency loss": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "1"],
+        # no KL term: the translator gets no gradient (DDP must be told), p^T = its initial map of p^S
+        "w/o consistency loss": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "1",
+                                 "--find-unused-parameters"],
         "w/o external data": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "0.5",
                               "--parallel-data", xnli_parallel or "MISSING"],
         "w/o prompt translator": ["--arch", "mpt", "--translator", "none", "--criterion", "mpt_loss",

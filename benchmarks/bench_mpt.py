@@ -90,18 +90,21 @@ def main():
     symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(4, vocab - 1)] + ["<mask>"]
     task = _Task(PLMDictionary(symbols, pad=1, eos=2, unk=3, bos=0, mask=vocab - 1))
     label_words = [[100], [200], [300]]
+    if args.freeze_plm:
+        plm.requires_grad_(False)
     systems = {}
     for name, translator, alpha in (("SP", "none", 1.0), ("MPT", "linear-2", 0.5)):
         model = MPTModel(plm, args.prompt_length, translator, label_words, vocab - 1, 1).to(args.device).train()
-        if args.freeze_plm:
-            plm.requires_grad_(False)
-        params = [q for q in model.parameters() if q.requires_grad]
-        systems[name] = (model, MPTLoss(task, alpha=alpha), torch.optim.AdamW(params, lr=4e-5), name == "MPT")
+        systems[name] = (model, MPTLoss(task, alpha=alpha), name == "MPT")
+    # one AdamW over both models (they share the PLM): a parameter without a gradient in a step
+    # (the other method's prompt) is skipped, so each step updates exactly what it trained
+    params = list({id(q): q for m, _, _ in systems.values() for q in m.parameters() if q.requires_grad}.values())
+    opt = torch.optim.AdamW(params, lr=4e-5)
 
     gen = torch.Generator().manual_seed(0)
     times = {name: [] for name in systems}
     for step in range(args.steps + 1):
-        for name, (model, criterion, opt, parallel) in systems.items():
+        for name, (model, criterion, parallel) in systems.items():
             s = sample(gen, args, vocab, parallel)
             s = {k: ({kk: vv.to(args.device) for kk, vv in v.items()} if isinstance(v, dict)
                      else v.to(args.device) if torch.is_tensor(v) else v) for k, v in s.items()}
@@ -109,7 +112,7 @@ def main():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             loss, _, _ = criterion(model, s)
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if args.device.startswith("cuda"):
@@ -122,8 +125,8 @@ def main():
           f"PLM {'frozen' if args.freeze_plm else 'tuned'}, batch {args.batch_size}, "
           f"lengths {args.min_len}-{args.max_len}+{args.prompt_length + 7}, device {args.device}, "
           f"threads {torch.get_num_threads()}, {args.steps} timed steps each")
-    print(f"| method | rows per step | step time (median) | relative to SP |")
-    print(f"|---|---|---|---|")
+    print("| method | rows per step | step time (median) | relative to SP |")
+    print("|---|---|---|---|")
     print(f"| SP  | {args.batch_size} | {sp * 1000:.0f} ms | 1.00x |")
     print(f"| MPT | {3 * args.batch_size} | {mpt * 1000:.0f} ms | {mpt / sp:.2f}x |")
 

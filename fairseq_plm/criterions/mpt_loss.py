@@ -14,7 +14,6 @@ accuracy --maximize-best-checkpoint-metric`` selects on the development accuracy
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass

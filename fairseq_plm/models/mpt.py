@@ -38,8 +38,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 
 from ..plm.errors import FairseqPLMError
 from ..plm.fairseq_checks import check_dictionary
-from ..plm.frozen import FrozenPLMMixin, PLMArgs, build_frozen_plm
-from ..plm.loading import load_plm
+from ..plm.frozen import FrozenPLMMixin, PLMArgs, build_frozen_plm, build_plm
 from ..plm.prompts import PTuningPrompt
 
 TRANSLATORS = ["linear-2", "linear-1", "lstm-1", "lstm-2", "transformer-1", "transformer-2", "none"]
@@ -62,17 +61,13 @@ class MPTFineTuneConfig(PLMArgs):
 
 def load_task_plm(cfg, task, freeze):
     """The PLM (frozen or trainable) whose vocabulary is the task's."""
-    if freeze:
-        plm = build_frozen_plm(cfg)
-    else:
-        import os
-
-        if os.path.isdir(cfg.plm):
-            cfg.plm = os.path.abspath(cfg.plm)
-        plm = load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
+    plm = build_frozen_plm(cfg) if freeze else build_plm(cfg)
     if plm.cfg.family not in ("roberta", "bert"):
         raise FairseqPLMError(f"--plm {cfg.plm} is a {plm.cfg.family} model; MPT needs a masked LM (XLM-R, mBERT)")
     check_dictionary(task.dictionary, plm, cfg.plm, what=f"the tokenizer of {task.cfg.plm}")
+    if task.cfg.max_length > plm.cfg.usable_positions:
+        raise FairseqPLMError(f"--max-length {task.cfg.max_length} exceeds the {plm.cfg.usable_positions} "
+                              f"tokens the PLM {cfg.plm} can position")
     return plm
 
 

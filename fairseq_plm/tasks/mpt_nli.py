@@ -25,11 +25,10 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..cli.encode import make_encoder
 from ..data.nli import (DEFAULT_VERBALIZER, LABELS, POSITIONS, XNLI_LANGUAGES, ClozeTemplate, NLIDataset,
                         NLIExample, NLIWithParallelDataset, read_nli, read_parallel, sample_k_shot)
 from ..plm.errors import FairseqPLMError
-from ..plm.vocab import load_dictionary
+from ..plm.vocab import load_dictionary, make_encoder
 from .plm_translation import ExactBatchingMixin
 
 logger = logging.getLogger(__name__)
@@ -63,8 +62,9 @@ class MPTNLIConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
-class NLIFilesTask(FairseqTask):
-    """Reading, sampling and encoding of the NLI files; registered with exact batching below."""
+@register_task("mpt_nli", dataclass=MPTNLIConfig)
+class MPTNLITask(ExactBatchingMixin, FairseqTask):
+    """Every example of every split is batched (no remainder dropped), see ExactBatchingMixin."""
 
     def __init__(self, cfg, dictionary, encode):
         super().__init__(cfg)
@@ -142,11 +142,7 @@ class NLIFilesTask(FairseqTask):
                         f"from {self.cfg.parallel_data}")
         logger.info(f"{split}: {len(data)} items")
         self.datasets[split] = data
+        self.make_batching_exact(split)
 
     def max_positions(self):
         return None
-
-
-@register_task("mpt_nli", dataclass=MPTNLIConfig)
-class MPTNLITask(ExactBatchingMixin, NLIFilesTask):
-    """Every example of every split is batched (no remainder dropped), see ExactBatchingMixin."""

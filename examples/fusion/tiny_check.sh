@@ -6,7 +6,9 @@
 #   vocab     target sentencepiece 200 pieces (instead of 30K), joint baseline vocab 300
 #   models    decoder / baseline width 32, FFN 64, 4 heads (layer counts as in the README)
 #   training  --max-update 2 (instead of convergence), --batch-size 8 --update-freq 1, --cpu,
-#             no --distributed-world-size 8
+#             no --distributed-world-size 8; fairseq-preprocess --workers 1; joint vocab 300
+#   Table 7   M = 1, 2, 4 (the tiny PTM has 4 layers: M = 6 does not divide them)
+#   Table 6   "monolingual BERT" is another --plm directory: not run separately
 # Everything else (flags, archs, criterion, decoding options) is the README's.
 #
 #     bash examples/fusion/tiny_check.sh [WORKDIR]        # ~10 min on 1 CPU core

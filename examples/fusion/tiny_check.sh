@@ -11,7 +11,7 @@
 #   Table 6   "monolingual BERT" is another --plm directory: not run separately
 # Everything else (flags, archs, criterion, decoding options) is the README's.
 #
-#     bash examples/fusion/tiny_check.sh [WORKDIR]        # ~10 min on 1 CPU core
+#     bash examples/fusion/tiny_check.sh [WORKDIR]        # ~5 min on 1 CPU core
 set -euo pipefail
 ROOT=$(mkdir -p "${1:-/tmp/fusion_tiny}" && cd "${1:-/tmp/fusion_tiny}" && pwd)
 REPO=$(cd "$(dirname "$0")/../.." && pwd)

@@ -43,6 +43,7 @@ from typing import List
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fairseq.data.data_utils import collate_tokens
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, register_model, register_model_architecture
@@ -59,7 +60,7 @@ from ..nat.refinement import lengths_to_mask, random_target_mask
 from ..plm.errors import FairseqPLMError
 from ..plm.fairseq_checks import check_dictionary
 from ..plm.frozen import PLMArgs, build_plm
-from ..plm.vocab import frame
+from ..plm.vocab import frame, frame_source
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +178,7 @@ class FusionEncoder(FairseqEncoder):
 
     def frame(self, src_tokens):
         """fairseq's ``x </s>`` (right-padded) -> the PTM's ``[CLS] x [SEP]`` and its padding."""
-        content = src_tokens.masked_fill(src_tokens.eq(self.eos), self.pad)
-        lengths = content.ne(self.pad).long().sum(dim=1)
-        framed = frame(content, lengths, self.bos, self.eos, self.pad)
+        framed, lengths = frame_source(src_tokens, self.bos, self.eos, self.pad)
         return framed, ~lengths_to_mask(lengths + 2, framed.size(1))
 
     def read(self, tokens, padding_mask):
@@ -250,12 +249,8 @@ class FusionEncoder(FairseqEncoder):
         lengths = ptm_target.ne(self.pad).long().sum(dim=1)
         rows = [row[:n].tolist() for row, n in zip(ptm_target.cpu(), lengths.tolist())]
         negatives = [corrupt_words(r, *self.word_range, ratio=self.cfg.tsp_corrupt_ratio) for r in rows]
-        sentences = rows + negatives
-        width = max(1, max(len(s) for s in sentences))
-        content = torch.full((2 * b, width), self.pad, dtype=torch.long)
-        for i, s in enumerate(sentences):
-            content[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        content = content.to(ptm_target.device)
+        content = collate_tokens([torch.tensor(s, dtype=torch.long) for s in rows + negatives],
+                                 self.pad).to(ptm_target.device)
         n = content.ne(self.pad).long().sum(dim=1)
         framed = frame(content, n, self.bos, self.eos, self.pad)
         pad = ~lengths_to_mask(n + 2, framed.size(1))

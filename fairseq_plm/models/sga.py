@@ -52,7 +52,7 @@ from ..plm.config import preset
 from ..plm.errors import FairseqPLMError
 from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
 from ..plm.prompts import DeepPrompt
-from ..plm.vocab import frame
+from ..plm.vocab import frame, frame_source
 
 
 @dataclass
@@ -102,9 +102,7 @@ class SemanticEncoder(FairseqEncoder):
         self.bos, self.eos, self.pad = dictionary.bos(), dictionary.eos(), dictionary.pad()
 
     def forward(self, src_tokens, src_lengths=None, **unused):
-        tokens = src_tokens.masked_fill(src_tokens.eq(self.eos), self.pad)  # content x, right-padded
-        n = tokens.ne(self.pad).long().sum(dim=1)
-        framed = frame(tokens, n, self.bos, self.eos, self.pad)
+        framed, n = frame_source(src_tokens, self.bos, self.eos, self.pad)
         pad = framed.eq(self.pad)
         out = self.plm(framed, prefix=self.prompt(), padding_mask=pad, return_hidden_states=True)
         h = out.hidden_states[1:]  # outputs of layers 1..L

@@ -243,6 +243,13 @@ def frame(tokens, lengths, bos: int, eos: int, pad: int):
     return framed.scatter(1, (lengths + 1)[:, None], eos)
 
 
+def frame_source(src_tokens, bos: int, eos: int, pad: int):
+    """fairseq's right-padded ``x </s>`` -> (``bos x eos`` as in pre-training, content lengths)."""
+    content = src_tokens.masked_fill(src_tokens.eq(eos), pad)
+    lengths = content.ne(pad).long().sum(dim=1)
+    return frame(content, lengths, bos, eos, pad), lengths
+
+
 def tokenizer_file(plm_path: str) -> Optional[str]:
     """The tokenizer model shipped in a PLM directory, if any."""
     if not os.path.isdir(plm_path):

@@ -29,3 +29,14 @@ def encode_and_binarize(raw, plm, tok, data, src="en", tgt="de", splits=("train"
     prefs = [a for s, flag in zip(splits, ("--trainpref", "--validpref", "--testpref")) for a in (flag, f"{tok}/{s}")]
     run_cli("fairseq-preprocess", "--user-dir", USER_DIR, "--task", "plm_translation", "-s", src, "-t", tgt, *prefs,
             "--srcdict", plm, "--tgtdict", plm, "--destdir", data, "--workers", workers)
+
+
+def write_results(out_dir, text, note, rows, args):
+    """A recipe's result table: results.md (table + note), results.json (rows + arguments), stdout."""
+    import json
+
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n\n" + note + "\n")
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "args": vars(args)}, f, indent=1)
+    print("\n" + text + "\n\n" + note + "\n", flush=True)

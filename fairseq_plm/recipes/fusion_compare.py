@@ -40,13 +40,12 @@ default); use a fresh OUT for a fresh comparison.
 import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
 import time
 
-from .common import run_cli
+from .common import run_cli, write_results
 
 SYSTEMS = ("fusion", "baseline")
 
@@ -272,11 +271,7 @@ def main(argv=None):
             f"BLEU: sacrebleu {rows[0]['signature']} on the detokenized beam-{args.beam} output of "
             f"checkpoint_best.pt; valid loss: label-smoothed translation loss (base 2)")
     text = "\n".join(lines)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n\n" + note + "\n")
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "args": vars(args)}, f, indent=1)
-    print("\n" + text + "\n\n" + note + "\n", flush=True)
+    write_results(args.out, text, note, rows, args)
     say(f"done in {(time.time() - t0) / 60:.1f} min; {os.path.join(args.out, 'results.md')}")
 
 

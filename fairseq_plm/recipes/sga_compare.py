@@ -46,14 +46,13 @@ import argparse
 import contextlib
 import glob
 import io
-import json
 import os
 import re
 import shlex
 import shutil
 import time
 
-from .common import encode_and_binarize, run_cli
+from .common import encode_and_binarize, run_cli, write_results
 
 SYSTEMS = {  # name -> (label, data: "plm" | "plain")
     "sga": ("SGA", "plm"),
@@ -348,11 +347,7 @@ def main(argv=None):
     n_test = sum(1 for _ in open(os.path.join(args.raw, f"test.{args.target_lang}"), encoding="utf-8"))
     note = (f"{args.source_lang}->{args.target_lang} test set, {n_test} sentences; BLEU: sacrebleu "
             f"{rows[0]['signature']} on the batched output; speed: fairseq-generate's sentences/s")
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n\n" + note + "\n")
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "args": vars(args)}, f, indent=1)
-    print("\n" + text + "\n\n" + note + "\n", flush=True)
+    write_results(args.out, text, note, rows, args)
     say(f"done in {(time.time() - t0) / 60:.1f} min; {os.path.join(args.out, 'results.md')}")
 
 

@@ -146,9 +146,6 @@ class _WithPTMTarget:
             return batch
         targets = {s["id"]: s["target"] for s in samples}
         unk = self.task.source_dictionary.unk()
-        rows = [retokenize(targets[int(i)]) or [unk] for i in batch["id"]]
-        out = torch.full((len(rows), max(map(len, rows))), self.task.source_dictionary.pad(), dtype=torch.long)
-        for i, row in enumerate(rows):
-            out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        batch["ptm_target"] = out
+        rows = [torch.tensor(retokenize(targets[int(i)]) or [unk], dtype=torch.long) for i in batch["id"]]
+        batch["ptm_target"] = data_utils.collate_tokens(rows, self.task.source_dictionary.pad())
         return batch

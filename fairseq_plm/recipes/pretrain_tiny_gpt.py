@@ -1,19 +1,26 @@
 """Pre-train a tiny multilingual GPT ("tiny mGPT") on the machine's gettext catalogs.
 
-This is the recipe behind ``examples/quickstart/tiny-mgpt``: mGPT's recipe (Tan et al. 2022,
+This is the recipe behind ``examples/plms/tiny-mgpt``: mGPT's recipe (Tan et al. 2022,
 App. A.1: a GPT-2 decoder trained as a causal LM on multilingual text with mT5-style
-sentencepiece ids) scaled down to what a CPU trains in about half an hour.
+sentencepiece ids) scaled down to what a few CPU hours train.
 
-Pre-training text, from ``/usr/share/locale/<lang>/LC_MESSAGES/*.mo``:
+Pre-training text, from ``/usr/share/locale/<lang>/LC_MESSAGES/*.mo`` (``pretrain_common``):
   * monolingual sentences in English and every listed language;
   * bilingual "documents" (an English message followed by its translation), as web text
-    holds them. For German, the language the quickstart evaluates, only the quickstart's
-    *training* split is used: its valid and test sentences are never seen in pre-training.
+    holds them;
+  * no evaluation sentence of any recipe of this package, nor any translation of one
+    (``pretrain_common.held_out_sentences``).
+Each sentence / document is followed by </s> (id 1); the stream is cut into blocks.
 
-Output: a HuggingFace-format GPT-2 directory (config.json, model.safetensors, spiece.model),
-loaded by ``--plm`` like any published checkpoint.
+Default languages: German, which the quickstart evaluates (up-sampled 4x), and the other
+Latin-script Western European languages with the most catalog text (Dutch, Danish, Swedish,
+French, Spanish, Italian, Portuguese); vocabulary 8,000 pieces.
 
-    python -m fairseq_plm.recipes.pretrain_tiny_gpt --out examples/quickstart/tiny-mgpt
+Output: a HuggingFace-format GPT-2 directory (config.json, model.safetensors, spiece.model,
+pretrain.json with the run's compute and validation history), loaded by ``--plm`` like any
+published checkpoint; ``checkpoint.pt`` to resume (see ``pretrain_common``).
+
+    python -m fairseq_plm.recipes.pretrain_tiny_gpt --out examples/plms/tiny-mgpt --minutes 240 --fp16-weights
 """
 
 import math
@@ -23,60 +30,89 @@ import random
 import sentencepiece as spm
 import torch
 
+from ..data.gettext_corpus import read_catalogs, split_pairs
 from ..plm.config import PLMConfig
 from ..plm.export import save_hf_gpt2
 from ..plm.gpt import GPT
-from .pretrain_common import add_training_args, build_text, initial_model, parser, save, tokenizer_for, \
-    train_for_budget
+from .pretrain_common import BudgetTrainer, add_training_args, build_text, initial_model, log, parser, \
+    tokenizer_for
+
+LANGS = ["de", "nl", "da", "sv", "fr", "es", "it", "pt"]
 
 
-def pack(sp, mono, docs, block):
+def pack(sp, mono, docs, block, seed=2):
     """Token stream: each sentence / document followed by </s> (id 1), cut into blocks."""
-    stream = []
     items = [(m,) for m in mono] + docs
-    random.Random(2).shuffle(items)
+    random.Random(seed).shuffle(items)
+    flat = [s for item in items for s in item]
+    ids = sp.Encode(flat)
+    stream, j = [], 0
     for item in items:
-        for sentence in item:
-            stream.extend(sp.EncodeAsIds(sentence))
+        for _ in item:
+            stream.extend(ids[j])
             stream.append(1)
+            j += 1
     n = len(stream) // block
     return torch.tensor(stream[: n * block]).view(n, block)
 
 
 def main(argv=None):
-    p = parser(__doc__, positions=256)
+    p = parser(__doc__, positions=256, langs=LANGS, vocab_size=8000, layers=6, hidden=256, heads=4)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
-    add_training_args(p, "tiny GPT", lr=2e-3)
+    add_training_args(p, "tiny GPT", lr=1e-3)
+    p.set_defaults(weights={"de": 4})
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
-    mono, docs = build_text(args.langs)
-    print(f"[pretrain] {len(mono)} monolingual sentences, {len(docs)} bilingual documents", flush=True)
+    text = build_text(args.langs, args.weights, args.seed)
+    (mono, docs), (vmono, vdocs) = text["train"], text["valid"]
+    log(f"{len(mono)} monolingual sentences, {len(docs)} bilingual documents; held out: "
+        f"{text['stats']['held_out_english']} English messages and {text['stats']['held_out_translations']} "
+        f"translations ({text['stats']['dropped_pairs']} pairs)")
     sp = spm.SentencePieceProcessor(model_file=tokenizer_for(args, mono, docs, "spiece.model", "t5"))
-    data = pack(sp, mono, docs, args.block + 1)
-    n_valid = max(1, len(data) // 50)
-    valid, train = data[:n_valid], data[n_valid:]
-    print(f"[pretrain] {train.numel() / 1e6:.2f}M training tokens in blocks of {args.block}", flush=True)
+    train = pack(sp, mono, docs, args.block + 1)
+    valid = pack(sp, vmono, vdocs, args.block + 1)
+    # the quickstart's En-De valid split as documents: never trained on (held out), so its
+    # loss tracks how well the LM continues an English message with its German translation
+    ende = split_pairs(read_catalogs("de"), valid=200, test=200)["valid"]
+    ende = [torch.tensor(sp.Encode(en) + [1] + sp.Encode(de) + [1]) for en, de in ende]
+    log(f"{train.numel() / 1e6:.2f}M training tokens in blocks of {args.block}; valid {valid.numel() / 1e3:.0f}K")
 
     cfg = PLMConfig(family="gpt2", vocab_size=sp.GetPieceSize(), hidden_size=args.hidden, num_layers=args.layers,
                     num_heads=args.heads, intermediate_size=4 * args.hidden, max_positions=args.positions,
                     activation="gelu_new", pad_token_id=0, dropout=0.1, attention_dropout=0.1)
     model = initial_model(args, lambda: GPT(cfg))
     cfg = model.cfg
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer = BudgetTrainer(model, args, lambda m, path: save_hf_gpt2(m, path),
+                            {"recipe": "python -m fairseq_plm.recipes.pretrain_tiny_gpt", "parameters": n_params,
+                             "training_tokens_per_epoch": train.numel(), **text["stats"]})
+    dev = trainer.device
 
     def lm_loss(batch):
         out = model(batch[:, :-1])
-        return torch.nn.functional.cross_entropy(model.logits(out.hidden).flatten(0, 1), batch[:, 1:].flatten())
+        target = batch[:, 1:]
+        logits = model.logits(out.hidden).float()
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()), target.numel()
 
     def evaluate():
-        v = sum(lm_loss(valid[i:i + 64]).item() for i in range(0, len(valid), 64)) / math.ceil(len(valid) / 64)
-        return f"valid loss {v:.3f} (ppl {math.exp(v):.1f})"
+        v = [lm_loss(valid[i:i + 64].to(dev))[0].item() for i in range(0, len(valid), 64)]
+        v = sum(v) / len(v)
+        tot = n = 0
+        for x in ende:
+            x = x.to(dev)[None]
+            logits = model.logits(model(x[:, :-1]).hidden).float()
+            tot += torch.nn.functional.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
+            n += x.size(1) - 1
+        return {"valid_ppl": round(math.exp(v), 2), "ende_valid_doc_ppl": round(math.exp(tot / n), 2)}
 
-    step = train_for_budget(model, args, lambda: train[torch.randint(len(train), (args.batch,))], lm_loss, evaluate)
-    save(model, args, save_hf_gpt2)
-    print(f"[pretrain] saved {cfg.num_layers}-layer d={cfg.hidden_size} GPT after {step} steps to {args.out}")
+    log(f"{cfg.num_layers}-layer d={cfg.hidden_size} GPT, {n_params / 1e6:.2f}M parameters, on {dev}"
+        f"{' with bf16 autocast' if trainer.autocast_dtype is not None else ''}")
+    step = trainer.run(lambda g: train[torch.randint(len(train), (args.batch,), generator=g)],
+                       lm_loss, evaluate)
+    log(f"saved {cfg.num_layers}-layer d={cfg.hidden_size} GPT after {step} steps to {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Pre-train a tiny XLM-R-layout encoder ("tiny XLM-R") with masked LM on the machine's gettext catalogs.
 
 XLM-R's recipe (Conneau et al. 2020: a RoBERTa encoder trained with masked LM on multilingual
-text, sentencepiece unigram vocabulary) scaled down to what a CPU trains in about half an hour.
+text, sentencepiece unigram vocabulary) scaled down to what a few CPU hours train. This is the
+recipe behind ``examples/plms/tiny-xlmr``, the PLM of the SGA, deep fusion and MPT examples.
 
-Pre-training text, from ``/usr/share/locale/<lang>/LC_MESSAGES/*.mo`` (as ``pretrain_tiny_gpt``):
+Pre-training text, from ``/usr/share/locale/<lang>/LC_MESSAGES/*.mo`` (``pretrain_common``):
   * monolingual sentences in English and every listed language, each ``<s> sentence </s>``;
-  * bilingual "documents", ``<s> english </s></s> translation </s>`` (XLM-R's pair format).
-  For German, the language the quickstart evaluates, only the quickstart's *training* split is
-  used, and the English sources and German references of its valid and test pairs are also
-  removed from every other language's text: no evaluation sentence is seen in pre-training.
+  * bilingual "documents", ``<s> english </s></s> translation </s>`` (XLM-R's pair format);
+  * no evaluation sentence of any recipe of this package, nor any translation of one
+    (``pretrain_common.held_out_sentences``).
+
+Default languages: SGA's ten supervised and five zero-shot languages (Wu et al. §5.1) and the
+XNLI languages the catalogs have (MPT); vocabulary 12,000 pieces.
 
 Masked LM as BERT/RoBERTa: per batch (dynamic masking) 15% of the non-special tokens are chosen;
 80% of them become <mask>, 10% a random piece, 10% stay; the loss is on the chosen tokens.
@@ -17,9 +20,10 @@ Ids are XLM-R's: <s> 0, <pad> 1, </s> 2, <unk> 3, sentencepiece pieces shifted b
 last, exactly the dictionary ``fairseq_plm.plm.vocab.load_dictionary`` builds for the output.
 
 Output: a HuggingFace-format XLM-R directory (config.json, model.safetensors,
-sentencepiece.bpe.model), loaded by ``--plm`` like any published checkpoint.
+sentencepiece.bpe.model, pretrain.json), loaded by ``--plm`` like any published checkpoint;
+``checkpoint.pt`` to resume (see ``pretrain_common``).
 
-    python -m fairseq_plm.recipes.pretrain_tiny_xlmr --out tiny-xlmr --minutes 40
+    python -m fairseq_plm.recipes.pretrain_tiny_xlmr --out examples/plms/tiny-xlmr --minutes 240 --fp16-weights
 """
 
 import os
@@ -33,10 +37,13 @@ from ..plm.bert import BertEncoder
 from ..plm.config import PLMConfig
 from ..plm.export import save_hf_roberta
 from ..plm.vocab import xlmr_dictionary_from_spm
-from .pretrain_common import add_training_args, build_text, held_out_text, initial_model, parser, save, \
-    tokenizer_for, train_for_budget
+from .gettext_multilingual import SUPERVISED, ZERO_SHOT
+from .pretrain_common import BudgetTrainer, add_training_args, build_text, initial_model, log, parser, \
+    tokenizer_for
 
 SPM_NAME = "sentencepiece.bpe.model"
+XNLI_IN_CATALOGS = ["el", "bg", "th", "zh_CN", "hi"]  # XNLI languages with catalogs (+ those above)
+LANGS = list(SUPERVISED) + list(ZERO_SHOT) + XNLI_IN_CATALOGS
 
 
 def spm_to_dictionary(sp, dictionary):
@@ -86,13 +93,13 @@ def mask_tokens(ids, dictionary, prob=0.15, generator=None):
     mask_id = dictionary.mask_index
     first_piece = dictionary.unk() + 1  # <s> <pad> </s> <unk> are never chosen nor drawn
     maskable = ids >= first_piece
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & maskable
+    chosen = (torch.rand(ids.shape, generator=generator).to(ids.device) < prob) & maskable
     if not chosen.any():
         chosen.view(-1)[maskable.view(-1).nonzero()[:1]] = True
-    r = torch.rand(ids.shape, generator=generator)
+    r = torch.rand(ids.shape, generator=generator).to(ids.device)
     inputs = ids.masked_fill(chosen & (r < 0.8), mask_id)
     rand = chosen & (r >= 0.8) & (r < 0.9)
-    inputs[rand] = torch.randint(first_piece, mask_id, (int(rand.sum()),), generator=generator)
+    inputs[rand] = torch.randint(first_piece, mask_id, (int(rand.sum()),), generator=generator).to(ids.device)
     return inputs, chosen
 
 
@@ -106,18 +113,18 @@ def mlm_step(model, ids, dictionary, generator=None):
 
 
 def main(argv=None):
-    p = parser(__doc__, positions=258)
+    p = parser(__doc__, positions=258, langs=LANGS, vocab_size=12000, layers=6, hidden=256, heads=4)
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens (padding included) per batch")
     add_training_args(p, "tiny XLM-R", lr=1e-3)
-    p.add_argument("--warmup", type=int, default=200, help="warmup steps")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
 
-    held = held_out_text()
-    mono, docs = build_text(args.langs, hold_out_everywhere=True)
-    print(f"[pretrain] {len(mono)} monolingual sentences, {len(docs)} bilingual documents "
-          f"({len(held)} evaluation sentences held out of every language)", flush=True)
+    text = build_text(args.langs, args.weights, args.seed)
+    (mono, docs), (vmono, vdocs) = text["train"], text["valid"]
+    log(f"{len(mono)} monolingual sentences, {len(docs)} bilingual documents; held out: "
+        f"{text['stats']['held_out_english']} English messages and {text['stats']['held_out_translations']} "
+        f"translations ({text['stats']['dropped_pairs']} pairs)")
     sp = spm.SentencePieceProcessor(model_file=tokenizer_for(args, mono, docs, SPM_NAME, "xlmr"))
     dictionary = xlmr_dictionary_from_spm(os.path.join(args.out, SPM_NAME))
     table = spm_to_dictionary(sp, dictionary)
@@ -132,27 +139,35 @@ def main(argv=None):
         raise SystemExit(f"--init model has {cfg.vocab_size} embeddings, its dictionary {len(dictionary)} symbols")
 
     items = encode(sp, table, dictionary, mono, docs, cfg.usable_positions)
-    random.Random(args.seed).shuffle(items)  # valid: sentences and documents alike
-    n_valid = max(1, min(len(items) // 100, 2000))
-    valid = make_batches(items[:n_valid], dictionary.pad(), args.batch_tokens, args.seed)
-    train = make_batches(items[n_valid:], dictionary.pad(), args.batch_tokens, args.seed)
-    n_tokens = sum(len(x) for x in items[n_valid:])
-    print(f"[pretrain] {n_tokens / 1e6:.2f}M training tokens in {len(items) - n_valid} sequences "
-          f"({len(train)} batches of <= {args.batch_tokens} tokens); vocabulary {len(dictionary)}", flush=True)
+    random.Random(args.seed).shuffle(items)
+    train = make_batches(items, dictionary.pad(), args.batch_tokens, args.seed)
+    valid = make_batches(encode(sp, table, dictionary, vmono, vdocs, cfg.usable_positions), dictionary.pad(),
+                         args.batch_tokens, args.seed)
+    n_tokens = sum(len(x) for x in items)
+    log(f"{n_tokens / 1e6:.2f}M training tokens in {len(items)} sequences ({len(train)} batches of <= "
+        f"{args.batch_tokens} tokens); valid {sum(b.numel() for b in valid) / 1e3:.0f}K; vocabulary {len(dictionary)}")
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer = BudgetTrainer(model, args, lambda m, path: save_hf_roberta(m, path),
+                            {"recipe": "python -m fairseq_plm.recipes.pretrain_tiny_xlmr", "parameters": n_params,
+                             "training_tokens_per_epoch": n_tokens, **text["stats"]})
+    dev = trainer.device
+
+    def loss_fn(ids):
+        ids = ids.long()
+        return mlm_step(model, ids, dictionary)[0], int(ids.ne(dictionary.pad()).sum())
 
     def evaluate():
         g = torch.Generator().manual_seed(0)  # the same masks at every evaluation
-        stats = [mlm_step(model, b.long(), dictionary, g) for b in valid]
+        stats = [mlm_step(model, b.long().to(dev), dictionary, g) for b in valid]
         n = sum(k for _, _, k in stats)
         loss = sum(l.item() * k for l, _, k in stats) / n
         acc = sum(a.item() * k for _, a, k in stats) / n
-        return f"valid mlm loss {loss:.3f} | valid mlm acc {acc:.3f} ({n} masked tokens)"
+        return {"valid_mlm_loss": round(loss, 4), "valid_mlm_acc": round(acc, 4), "valid_masked": n}
 
-    step = train_for_budget(model, args, lambda: train[torch.randint(len(train), ()).item()].long(),
-                            lambda ids: mlm_step(model, ids, dictionary)[0], evaluate, warmup=args.warmup)
-    save(model, args, save_hf_roberta)
-    print(f"[pretrain] saved {cfg.num_layers}-layer d={cfg.hidden_size} XLM-R encoder after {step} steps "
-          f"to {args.out}")
+    log(f"{cfg.num_layers}-layer d={cfg.hidden_size} XLM-R encoder, {n_params / 1e6:.2f}M parameters, on {dev}"
+        f"{' with bf16 autocast' if trainer.autocast_dtype is not None else ''}")
+    step = trainer.run(lambda g: train[torch.randint(len(train), (), generator=g).item()], loss_fn, evaluate)
+    log(f"saved {cfg.num_layers}-layer d={cfg.hidden_size} XLM-R encoder after {step} steps to {args.out}")
 
 
 if __name__ == "__main__":

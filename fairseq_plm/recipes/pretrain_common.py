@@ -1,7 +1,7 @@
 """What the demo-PLM pre-training recipes (``pretrain_tiny_gpt``, ``pretrain_tiny_xlmr``) share:
 the pre-training text from the machine's gettext catalogs with every evaluation sentence held
 out, the sentencepiece model, the command line, and a resumable, time-budgeted training loop
-(AdamW, warmup + cosine learning rate, bf16 autocast on CUDA or on CPUs that support it).
+(AdamW, warmup-stable-decay learning rate, bf16 autocast on CUDA or on CPUs that support it).
 
 Hold-out rule (``held_out_sentences``): no English message of any valid or test split that a
 recipe of this package uses, and no translation of one in any language, is in pre-training
@@ -25,7 +25,8 @@ states) every ``--save-minutes`` atomically (temporary file, then rename), toget
 export of the current weights in HuggingFace layout, and continues from it when run again with
 the same ``--out``. The learning-rate schedule follows the fraction of the *total* budget
 spent, so a run stopped and resumed any number of times follows the same schedule as one
-uninterrupted run.
+uninterrupted run; the rate is flat until the last 20% of the budget (``wsd_lr``), so the
+budget can be changed on a resumed run until then.
 """
 
 import argparse
@@ -252,9 +253,13 @@ def initial_model(args, build):
     return build().init_random(args.seed)
 
 
-def cosine_lr(peak, step, warmup, frac):
-    """Linear warmup over ``warmup`` steps, cosine decay to 10% over the fraction ``frac`` of the budget."""
-    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+def wsd_lr(peak, step, warmup, frac, decay=0.2):
+    """Warmup-stable-decay: linear warmup over ``warmup`` steps, the peak rate until the last
+    ``decay`` fraction of the budget, then a linear decay to 10% of the peak. The rate depends
+    on the budget only in the decay phase, so a run's budget can be shortened or extended
+    without a jump in the rate as long as the decay has not started."""
+    scale = 1.0 if frac < 1 - decay else max(0.1, 1 - 0.9 * (frac - (1 - decay)) / decay)
+    return peak * min(1.0, (step + 1) / warmup) * scale
 
 
 # ------------------------------------------------------------------------------ resumable loop
@@ -354,7 +359,7 @@ class BudgetTrainer:
         self.model.train()
         while not done:
             batch = next_batch(self.gen).to(self.device)
-            lr = cosine_lr(args.lr, self.step, args.warmup, self.spent / budget)
+            lr = wsd_lr(args.lr, self.step, args.warmup, self.spent / budget)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             with self.autocast():

@@ -1,129 +1,77 @@
-"""Translation quickstart: MSP on a small multilingual GPT, English -> German, on real text.
+"""Translation quickstart: MSP on a small multilingual GPT, English -> German, on real text,
+next to a Transformer trained from scratch with the same budget and copying the source.
 
-    python -m fairseq_plm.recipes.quickstart [--out quickstart_out] [--minutes 6]
+    python -m fairseq_plm.recipes.quickstart [--out quickstart_out] [--minutes 7]
 
 1. builds an English-German corpus from this machine's gettext catalogs
    (/usr/share/locale/de/LC_MESSAGES/*.mo; deduplicated; fixed train/valid/test splits);
-2. takes the small multilingual GPT shipped in examples/quickstart/tiny-mgpt (made by
-   ``python -m fairseq_plm.recipes.pretrain_tiny_gpt``; re-made here if absent);
-3. tokenizes with the PLM's own sentencepiece model and binarizes with ``fairseq-preprocess``;
-4. trains MSP prompts (encoding, re-encoding, decoding stages) on the frozen PLM with
-   ``fairseq-train --user-dir fairseq_plm --arch msp``;
-5. translates the test split with ``fairseq-generate`` (beam 4, length penalty 0.0, as MSP);
-6. prints sacrebleu BLEU with its signature, the copy-the-source baseline on the same split,
-   and a few sample translations.
+2. takes the small multilingual GPT shipped in examples/plms/tiny-mgpt (made by
+   ``python -m fairseq_plm.recipes.pretrain_tiny_gpt``, which never saw the valid/test
+   sentences in any language; see its README);
+3. tokenizes with the PLM's own sentencepiece model and binarizes with ``fairseq-preprocess``
+   (the PLM's ids for MSP; a fairseq dictionary over the same pieces for the Transformer);
+4. trains, at the same time and for the same wall-clock budget on one CPU thread each,
+   MSP prompts on the frozen PLM (``fairseq-train --user-dir fairseq_plm --arch msp``) and
+   fairseq's own ``transformer`` from scratch (3+3 layers, d=256);
+5. translates the whole test split with ``fairseq-generate`` (beam 4);
+6. prints one table (sacrebleu BLEU with its signature, trained parameters, updates reached)
+   with the copy-the-source baseline, then a few sample translations.
+
+The systems and their settings are those of ``fairseq_plm.recipes.msp_compare``, which runs
+the full MSP comparison (Tables 1 and 5) the same way.
 """
 
 import argparse
 import os
-import random
-import re
-import subprocess
-import sys
 import time
 
 import fairseq_plm
 
-from ..data.gettext_corpus import read_catalogs, split_pairs, write_splits
-from .common import BIN, USER_DIR, encode_and_binarize
+from . import msp_compare as mc
+from .common import write_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(fairseq_plm.__file__)))
-SHIPPED_PLM = os.path.join(REPO, "examples", "quickstart", "tiny-mgpt")
-
-
-def say(msg):
-    print(f"[quickstart {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(name, *args, log=None, show=None):
-    """Run a console script; stream the lines matching ``show`` so progress is visible."""
-    cmd = [os.path.join(BIN, name), *map(str, args)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as p:
-        lines = []
-        for line in p.stdout:
-            lines.append(line)
-            if log is not None:
-                log.write(line)
-            if show is not None and re.search(show, line):
-                print("    " + line.rstrip().split(" | ", 1)[-1] if " | " in line else "    " + line.rstrip(), flush=True)
-    if p.returncode != 0:
-        sys.stderr.write("".join(lines[-40:]))
-        raise SystemExit(f"[quickstart] {name} failed with exit code {p.returncode}")
-    return "".join(lines)
+SHIPPED_PLM = os.path.join(REPO, "examples", "plms", "tiny-mgpt")
+PROG = "quickstart"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(REPO, "quickstart_out"))
-    ap.add_argument("--plm", default=SHIPPED_PLM, help="PLM directory (HuggingFace format)")
-    ap.add_argument("--minutes", type=float, default=6.0, help="prompt training time budget")
+    ap.add_argument("--out", default=os.path.join(REPO, "quickstart_out"),
+                    help="working directory (reused: finished steps are skipped)")
+    ap.add_argument("--plm", default=SHIPPED_PLM, help="causal PLM directory (HuggingFace GPT-2 format)")
+    ap.add_argument("--minutes", type=float, default=7.0, help="training budget of each system")
     ap.add_argument("--prompt-length", type=int, default=32)
     ap.add_argument("--test-size", type=int, default=200)
-    ap.add_argument("--lr", type=float, default=0.02)
-    args = ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    args = mc.check_args(ap, argparse.Namespace(
+        plm=a.plm, raw=None, source_lang="en", target_lang="de", test_size=a.test_size, out=a.out,
+        systems="msp,transformer,copy", minutes=a.minutes, jobs=2, threads=1, max_tokens=4096,
+        warmup_updates=200, prompt_length=a.prompt_length, seed=1, beam=4, batch_size=32, speed=False, cpu=True))
     t0 = time.time()
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-
-    say("1/6 corpus: English-German pairs from /usr/share/locale/de/LC_MESSAGES/*.mo")
-    pairs = read_catalogs("de")
-    splits = split_pairs(pairs, valid=args.test_size, test=args.test_size)
-    raw = os.path.join(out, "raw")
-    write_splits(splits, raw)
-    say(f"    {len(pairs)} unique pairs: train {len(splits['train'])}, valid {len(splits['valid'])}, "
-        f"test {len(splits['test'])} (split by a hash of the English side)")
-
-    plm = os.path.abspath(args.plm)
-    if not os.path.exists(os.path.join(plm, "config.json")):
-        say(f"2/6 PLM: {plm} missing, pre-training it now (recipe fairseq_plm.recipes.pretrain_tiny_gpt)")
-        run("python", "-m", "fairseq_plm.recipes.pretrain_tiny_gpt", "--out", plm, "--minutes", "20",
-            show=r"\[pretrain\]")
-    else:
-        say(f"2/6 PLM: {os.path.relpath(plm, REPO)} (small multilingual GPT, our recipe: "
-            f"python -m fairseq_plm.recipes.pretrain_tiny_gpt)")
-
-    say("3/6 tokenize with the PLM's sentencepiece model, binarize with fairseq-preprocess")
-    tok, data = os.path.join(out, "tok"), os.path.join(out, "data-bin")
-    encode_and_binarize(raw, plm, tok, data, workers=2)
-
-    say(f"4/6 train MSP prompts with fairseq-train (frozen PLM; {args.minutes:g} min budget)")
-    save = os.path.join(out, "checkpoints")
-    with open(os.path.join(out, "train.log"), "w") as log:
-        run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "plm_translation", "--arch", "msp",
-            "--plm", plm, "--prompt-length", args.prompt_length, "--optimizer", "adam", "--adam-betas", "(0.9,0.98)",
-            "--adam-eps", "1e-9", "--lr", args.lr, "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
-            "--warmup-init-lr", "1e-7", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-            "--max-tokens", "4096", "--max-update", "100000", "--stop-time-hours", args.minutes / 60,
-            "--save-dir", save, "--no-epoch-checkpoints", "--cpu", "--log-format", "simple",
-            "--log-interval", "25", "--seed", "1", "--num-workers", "0",
-            log=log, show=r"train_inner|valid on|num\. (shared )?model params")
-
-    say("5/6 translate the test split with fairseq-generate (beam 4, length penalty 0.0)")
-    gen_out = os.path.join(out, "generate-test.txt")
-    with open(gen_out, "w") as f:
-        f.write(run("fairseq-generate", data, "--user-dir", USER_DIR, "--task", "plm_translation",
-                    "--path", os.path.join(save, "checkpoint_best.pt"), "--gen-subset", "test", "--beam", "4",
-                    "--lenpen", "0.0", "--max-len-a", "1.5", "--max-len-b", "10", "--batch-size", "32", "--cpu",
-                    "--bpe", "sentencepiece", "--sentencepiece-model", os.path.join(plm, "spiece.model"),
-                    show=r"Translated"))
-
-    say("6/6 BLEU (sacrebleu)")
-    def score(*extra):
-        text = run("fairseq-plm-score", "--generate-output", gen_out, *extra)
-        return next(line for line in text.splitlines() if line.startswith("BLEU"))
-
-    msp, copy = score(), score("--source-as-hypothesis")
-    print(f"\n  MSP on tiny mGPT, En->De test ({args.test_size} sentences): {msp}")
-    print(f"  copy-the-source baseline, same split:        {copy}\n")
-    rows = {}
-    for line in open(gen_out, encoding="utf-8"):
-        m = re.match(r"^([STD])-(\d+)\t(.*)$", line.rstrip("\n"))
-        if m:
-            rows.setdefault(int(m.group(2)), {})[m.group(1)] = m.group(3).split("\t")[-1]
-    for i in sorted(random.Random(0).sample(sorted(rows), min(5, len(rows)))):
-        print(f"  SRC  {rows[i]['S']}\n  REF  {rows[i]['T']}\n  MSP  {rows[i]['D']}\n")
-    say(f"done in {(time.time() - t0) / 60:.1f} min; outputs in {os.path.relpath(out, os.getcwd())}/")
+    os.makedirs(args.out, exist_ok=True)
+    mc.say(f"1/4 data: gettext En-De corpus, tokenized with {os.path.relpath(args.plm, os.getcwd())}'s "
+           f"sentencepiece model", PROG)
+    paths = mc.prepare_data(args, PROG)
+    mc.say(f"2/4 train MSP prompts on the frozen PLM and a Transformer from scratch ({a.minutes:g} min each, "
+           f"side by side, one CPU thread each)", PROG)
+    mc.train_all(args, paths, PROG)
+    mc.say("3/4 translate the test split (beam 4)", PROG)
+    mc.generate_all(args, paths, PROG)
+    mc.say("4/4 score with sacrebleu", PROG)
+    rows = mc.results(args, paths)
+    rows[0]["label"] = f"MSP on {os.path.basename(args.plm)} (frozen)"
+    text = mc.table(rows, args)
+    n_test = sum(1 for _ in open(os.path.join(args.raw, "test.de"), encoding="utf-8"))
+    note = (f"En->De gettext test split, {n_test} sentences, none seen in pre-training; {a.minutes:g} min of "
+            f"training per system on one CPU thread; BLEU: sacrebleu {rows[0]['signature']}")
+    write_results(args.out, text, note, rows, args)
+    for src, ref, hyps in mc.samples(args, ["msp", "transformer"]):
+        print(f"  SRC          {src}\n  REF          {ref}")
+        for label, hyp in hyps.items():
+            print(f"  {label:<12.12} {hyp}")
+        print()
+    mc.say(f"done in {(time.time() - t0) / 60:.1f} min; outputs in {os.path.relpath(args.out, os.getcwd())}/", PROG)
 
 
 if __name__ == "__main__":

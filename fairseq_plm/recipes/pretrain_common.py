@@ -42,7 +42,11 @@ import tempfile
 import time
 
 import sentencepiece as spm
-import torch
+
+# oneDNN (bf16 matmuls on CPU) caches one primitive per input shape, up to 1024 by default;
+# masked LM batches have a new shape at every step, which grew the process by GBs
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+import torch  # noqa: E402
 
 from ..data.gettext_corpus import _clean, read_catalogs, split_pairs
 

@@ -37,7 +37,9 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 
@@ -290,6 +292,73 @@ def export(model, args, save_fn, stats):
     os.rmdir(tmp)
     with open(os.path.join(args.out, "pretrain.json"), "w") as f:
         json.dump(stats, f, indent=1)
+    with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(stats))
+
+
+def model_card(stats):
+    """README.md of an exported demo PLM, from its pretrain.json: what it is, the exact
+    commands that made it, its data and hold-out rule, the compute spent, validation."""
+    hist = stats["history"]
+    metrics = [k for k in (hist[-1] if hist else {}) if k not in ("step", "compute_minutes", "tokens")]
+    rows = hist if len(hist) <= 12 else hist[:: max(1, len(hist) // 10)] + [hist[-1]]
+    seen, table = set(), []
+    for h in rows:
+        if h["step"] not in seen:
+            seen.add(h["step"])
+            table.append(f"| {h['step']:,} | {h['compute_minutes']:.0f} | {h['tokens'] / 1e6:.1f}M | "
+                         + " | ".join(str(h[k]) for k in metrics) + " |")
+    weights = ", ".join(f"{k} x{v}" for k, v in stats["weights"].items()) or "none"
+    return f"""# {stats['name']}
+
+{stats['what']}
+
+{stats['parameters']:,} parameters ({stats['shape']}), stored in {stats['dtype']}; HuggingFace
+layout ({stats['layout']}), loaded by `--plm` like a published checkpoint, and by `transformers`.
+
+## How it was made
+
+```bash
+{chr(10).join(stats['commands'])}
+```
+
+(one command per start; a rerun with the same `--out` resumes from `checkpoint.pt`, which is not
+shipped.) Compute: {stats['compute_minutes']:.0f} minutes ({stats['device']}, {stats['threads'] or 'GPU'} thread(s),
+CPU time per thread; {stats['precision']}; budget {stats['budget_minutes']:g}), {stats['step']:,} steps, {stats['tokens'] / 1e6:.1f}M training tokens
+({stats['training_tokens_per_epoch'] / 1e6:.2f}M per pass over the data).
+
+## Data
+
+The gettext catalogs of this machine (`/usr/share/locale/<lang>/LC_MESSAGES/*.mo`) of
+{', '.join(stats['languages'])} (and English): {stats['train_sentences']:,} monolingual sentences and
+{stats['train_documents']:,} bilingual (English, translation) documents, as parallel text appears on
+the web; up-sampling: {weights}. Validation: {stats['valid_sentences']:,} sentences and
+{stats['valid_documents']:,} documents whose English side falls in the top 1% of the md5 range
+(never trained on).
+
+**Held out** (`fairseq_plm.recipes.pretrain_common.held_out_sentences`): every English message of
+every valid and test split a recipe of this package builds (the En-De split of the quickstart,
+`msp_compare` and `fusion_compare`; every split of `gettext_multilingual`), every English message
+in the reserved md5 band below {RESERVED_BAND} (where later evaluation sets, such as `mpt_data`'s catalog
+task, draw from), and every translation of any of them in any catalog of the languages read:
+{stats['held_out_english']:,} English messages and {stats['held_out_translations']:,} translations, which
+removed {stats['dropped_pairs']:,} pairs.
+
+## Validation during pre-training
+
+| step | compute min | tokens | {' | '.join(metrics)} |
+| ---: | ---: | ---: | {' | '.join('---:' for _ in metrics)} |
+{chr(10).join(table)}
+"""
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "CPU"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 class BudgetTrainer:
@@ -305,7 +374,7 @@ class BudgetTrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
                                      weight_decay=0.01)
         self.gen = torch.Generator().manual_seed(args.seed)
-        self.step, self.spent, self.cpu, self.tokens, self.history = 0, 0.0, 0.0, 0, []
+        self.step, self.spent, self.cpu, self.tokens, self.history, self.commands = 0, 0.0, 0.0, 0, [], []
         self.ckpt = os.path.join(args.out, "checkpoint.pt")
         if os.path.exists(self.ckpt):
             state = torch.load(self.ckpt, map_location="cpu", weights_only=False)  # our own file
@@ -315,9 +384,12 @@ class BudgetTrainer:
             torch.set_rng_state(state["torch_rng"])
             self.step, self.spent, self.tokens = state["step"], state["spent"], state["tokens"]
             self.cpu = state.get("cpu", 0.0)
-            self.history = state.get("history", [])
+            self.history, self.commands = state.get("history", []), state.get("commands", [])
             log(f"resumed from {self.ckpt}: step {self.step}, {self.spent / 60:.1f} min spent, "
                 f"{self.tokens / 1e6:.1f}M tokens")
+        command = " ".join(["python -m " + describe["module"]] + [shlex.quote(a) for a in sys.argv[1:]])
+        if not self.commands or self.commands[-1] != command:
+            self.commands.append(command)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -327,16 +399,17 @@ class BudgetTrainer:
         return {"step": self.step, "compute_minutes": round(self.spent / 60, 2),
                 "process_cpu_minutes": round(self.cpu / 60, 2),
                 "tokens": self.tokens,
-                "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+                "device": _cpu_name() if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                 "precision": "bf16 autocast" if self.autocast_dtype is not None else "fp32",
-                "budget_minutes": self.args.minutes, "history": self.history, **self.describe}
+                "budget_minutes": self.args.minutes, "history": self.history, "commands": self.commands,
+                "dtype": "fp16" if self.args.fp16_weights else "fp32", **self.describe}
 
     def save(self):
         _atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                             "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                             "step": self.step, "spent": self.spent, "cpu": self.cpu, "tokens": self.tokens,
-                            "history": self.history, "args": vars(self.args)}, self.ckpt)
+                            "history": self.history, "commands": self.commands, "args": vars(self.args)}, self.ckpt)
         export(self.model, self.args, self.save_fn, self.stats())
 
     def evaluate(self, evaluate):

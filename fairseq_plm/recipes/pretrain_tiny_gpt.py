@@ -87,7 +87,14 @@ def main(argv=None):
     cfg = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     trainer = BudgetTrainer(model, args, lambda m, path: save_hf_gpt2(m, path),
-                            {"recipe": "python -m fairseq_plm.recipes.pretrain_tiny_gpt", "parameters": n_params,
+                            {"module": "fairseq_plm.recipes.pretrain_tiny_gpt", "parameters": n_params,
+                             "name": "tiny-mgpt: a small multilingual GPT (mGPT layout)",
+                             "what": "A causal LM in mGPT's layout (GPT-2 blocks, mT5-style sentencepiece ids: pad 0, "
+                                     "eos 1, unk 2, no BOS), the PLM of this package's MSP quickstart and "
+                                     "`msp_compare`.",
+                             "shape": f"{cfg.num_layers} layers, d={cfg.hidden_size}, {cfg.num_heads} heads, "
+                                      f"{cfg.max_positions} positions, {cfg.vocab_size:,}-piece vocabulary",
+                             "layout": "GPT2LMHeadModel, model.safetensors + spiece.model",
                              "training_tokens_per_epoch": train.numel(), **text["stats"]})
     dev = trainer.device
 

@@ -148,7 +148,14 @@ def main(argv=None):
         f"{args.batch_tokens} tokens); valid {sum(b.numel() for b in valid) / 1e3:.0f}K; vocabulary {len(dictionary)}")
     n_params = sum(p.numel() for p in model.parameters())
     trainer = BudgetTrainer(model, args, lambda m, path: save_hf_roberta(m, path),
-                            {"recipe": "python -m fairseq_plm.recipes.pretrain_tiny_xlmr", "parameters": n_params,
+                            {"module": "fairseq_plm.recipes.pretrain_tiny_xlmr", "parameters": n_params,
+                             "name": "tiny-xlmr: a small multilingual masked LM (XLM-R layout)",
+                             "what": "A RoBERTa encoder in XLM-R's layout (positions from padding_idx + 1, XLM-R's "
+                                     "fairseq ids: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> last), the PLM of this "
+                                     "package's SGA, deep fusion and MPT examples and comparisons.",
+                             "shape": f"{cfg.num_layers} layers, d={cfg.hidden_size}, {cfg.num_heads} heads, "
+                                      f"{cfg.max_positions} positions, {cfg.vocab_size:,}-piece vocabulary",
+                             "layout": "XLMRobertaForMaskedLM, model.safetensors + sentencepiece.bpe.model",
                              "training_tokens_per_epoch": n_tokens, **text["stats"]})
     dev = trainer.device
 

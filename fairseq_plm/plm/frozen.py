@@ -3,7 +3,8 @@
 * ``PLMArgs``: the command-line options every model shares (``--plm``, ``--plm-random-init``...).
 * ``build_frozen_plm``: loads the PLM, sets ``requires_grad=False`` (fairseq's optimizer and
   fp16 flattening only collect trainable parameters, and "num. trained" counts only those)
-  and pins it to eval mode unless ``--plm-dropout`` asks otherwise.
+  and pins it to eval mode unless ``--plm-dropout`` asks otherwise. Models of one process
+  built on the same PLM share one frozen instance (plm/shared.py).
 * ``FrozenPLMMixin``: prompt-only checkpoints. ``state_dict`` drops the PLM's tensors and adds
   a fingerprint of its weights; ``load_state_dict`` re-attaches the PLM that ``build_model``
   loaded from ``--plm`` and refuses a checkpoint trained on another PLM.
@@ -22,6 +23,7 @@ from .errors import FairseqPLMError
 from .fairseq_checks import check_dictionary
 from .loading import load_plm
 from .modules import PretrainedLM
+from .shared import shared_between_models
 
 FINGERPRINT_KEY = "plm_fingerprint"
 _PLM_KEY = re.compile(r"(^|\.)plm\.")
@@ -55,6 +57,7 @@ def build_plm(cfg) -> PretrainedLM:
     return load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
 
 
+@shared_between_models  # one instance per PLM and process (plm/shared.py)
 def build_frozen_plm(cfg) -> PretrainedLM:
     plm = build_plm(cfg)
     plm.freeze(keep_eval=not cfg.plm_dropout)

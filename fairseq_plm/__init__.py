@@ -16,3 +16,4 @@ _compat.make_package_path_unique(_sys.modules[__name__])
 from .plm import vocab as _vocab  # noqa: E402,F401  (registers --bpe wordpiece)
 from .data import text_processing as _text  # noqa: E402,F401  (registers --tokenizer plm_text)
 from . import criterions, models, tasks  # noqa: E402,F401
+from .api import Translator  # noqa: E402,F401  (the Python API: prompt sets on one frozen PLM)

@@ -37,6 +37,10 @@ def generate():
 
 
 def interactive():
+    if any(a == "--direction" or a.startswith("--direction=") for a in sys.argv[1:]):
+        from .translate import main  # several prompt checkpoints, direction per line (cli/translate.py)
+
+        return main(sys.argv[1:])
     return _run("fairseq_cli.interactive")
 
 

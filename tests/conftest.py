@@ -91,3 +91,37 @@ def trained(tiny, tmp_path_factory):
     cli("fairseq-plm-train", tiny["data"], "--plm", tiny["plm"], *TRAIN_ARGS, "--max-epoch", "2",
         "--save-dir", save)
     return dict(tiny, save=save)
+
+
+@pytest.fixture(scope="session")
+def prompt_sets(trained, tiny_xlmr, tmp_path_factory):
+    """Prompt checkpoints on the tiny GPT (MSP, prefix tuning de->en, prompt tuning, next to
+    ``trained``'s single-stage prompts) and on the tiny XLM-R (SGA with CTC and with
+    Mask-Predict alignment), a few updates each, trained in one process."""
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("prompt_sets")
+    common = ["--task", "plm_translation", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800", "--cpu",
+              "--no-progress-bar", "--log-format", "simple", "--seed", "3", "--max-update", "2",
+              "--no-epoch-checkpoints", "--no-save-optimizer-state", "--disable-validation"]
+    gpt = ["--criterion", "label_smoothed_cross_entropy", "--plm", trained["plm"]]
+    nat = ["--criterion", "plm_nat_loss", "--plm", tiny_xlmr["plm"]]
+    runs = {
+        "msp": [trained["data"], "--arch", "msp", "--prompt-length", "6", *gpt],
+        "prefix": [trained["data"], "--arch", "prefix_tuning", "--prompt-length", "4", "--prefix-mlp-dim", "16",
+                   "-s", "de", "-t", "en", *gpt],
+        "ptune": [trained["data"], "--arch", "prompt_tuning", "--prompt-length", "5", *gpt],
+        "sga": [tiny_xlmr["data"], "--arch", "sga", "--prompt-length", "4", *nat],
+        "sga_mp": [tiny_xlmr["data"], "--arch", "sga_mask_predict", "--prompt-length", "3",
+                   "--max-target-length", "64", *nat],
+    }
+    argv = [[*a, *common, "--save-dir", str(root / name)] for name, a in runs.items()]
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "train_many.py"), json.dumps(argv)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-5000:]
+    ckpts = {name: str(root / name / "checkpoint_last.pt") for name in runs}
+    ckpts["single"] = os.path.join(trained["save"], "checkpoint_last.pt")
+    return dict(ckpts=ckpts, gpt_plm=trained["plm"], xlmr_plm=tiny_xlmr["plm"], raw=trained["raw"],
+                data=trained["data"])

@@ -110,11 +110,13 @@ class Translator:
 
     def add_direction(self, name: str, checkpoint: str, *, beam: int = 4, lenpen: float = 1.0,
                       max_len_a: float = 0.0, max_len_b: int = 200, iter_decode_max_iter: int = 10,
-                      remove_diacritics: bool = False, zh_punct: bool = False,
+                      remove_diacritics: bool = False, zh_punct: bool = False, plm: Optional[str] = None,
                       model_overrides: Optional[dict] = None) -> Direction:
         """Load a prompt checkpoint (or anything fairseq's ``load_checkpoint_to_cpu`` reads)
         as direction ``name``. ``beam``/``lenpen``/``max_len_a``/``max_len_b`` are fairseq's
-        beam-search settings (MSP family), ``iter_decode_max_iter`` SGA's denoising loops."""
+        beam-search settings (MSP family), ``iter_decode_max_iter`` SGA's denoising loops;
+        ``plm`` overrides the Translator's (and the checkpoint's) PLM directory;
+        ``model_overrides`` as fairseq's ``--model-overrides``."""
         if not name or any(c.isspace() for c in name) or "<" in name or ">" in name:
             raise FairseqPLMError(f"direction name {name!r}: use a non-empty name without spaces or <>")
         if name in self._directions:
@@ -122,7 +124,7 @@ class Translator:
         if beam < 1 or iter_decode_max_iter < 0:
             raise FairseqPLMError(f"direction {name!r}: beam must be >= 1 and iter_decode_max_iter >= 0")
         with self._lock:
-            model, task, plm_path = self._load(checkpoint, model_overrides)
+            model, task, plm_path = self._load(checkpoint, model_overrides, plm)
             model_name = _model_name(model)
             if model_name in PROMPT_GPT_MODELS:
                 kind = "gpt"
@@ -150,14 +152,15 @@ class Translator:
             self._groups = {}  # rebuilt on the next translate
             return d
 
-    def _load(self, checkpoint, model_overrides):
+    def _load(self, checkpoint, model_overrides, plm=None):
         from fairseq import checkpoint_utils
 
         from .tasks.plm_translation import PLMTranslationTask
 
         overrides = dict(model_overrides or {})
-        if self.plm is not None:
-            overrides["plm"] = self.plm
+        plm = plm if plm is not None else self.plm
+        if plm is not None:
+            overrides["plm"] = os.path.abspath(plm) if os.path.isdir(plm) else plm
         try:
             state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint, arg_overrides=overrides or None)
         except FileNotFoundError:

@@ -256,7 +256,11 @@ def create_app(translator, limits: Limits = None):
 
 def serve(translator, limits: Limits, host="127.0.0.1", port=8000, log_level="warning", on_ready=None):
     """Run the service until interrupted (uvicorn)."""
+    import logging
+
     import uvicorn
+
+    logging.getLogger("asyncio").setLevel(logging.WARNING)  # fairseq's logging set-up lets DEBUG through
 
     app = create_app(translator, limits)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)

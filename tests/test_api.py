@@ -175,6 +175,34 @@ def test_decoding_runs_one_plm_forward_per_step_for_the_whole_batch(translator, 
     assert calls[0] == len(src) * len(GPT) * BEAM["beam"]
 
 
+def test_position_limit_is_per_row(prompt_sets):
+    """Prompt tuning puts prompt, source and target in one position range, so a long source
+    leaves few target positions. Each row stops at its own limit (fairseq's position-capped
+    beam search caps a whole batch by its longest source): the long text decodes exactly as
+    alone, and a short text batched with it is not cut short."""
+    from fairseq.data import data_utils
+
+    from fairseq_plm.tasks.plm_translation import PositionCappedGenerator
+
+    t = Translator(device="cpu")
+    d = t.add_direction("ptune", prompt_sets["ckpts"]["ptune"], beam=2, max_len_b=200)
+    words = "Open the file and save all changes".split()
+    text = " ".join(words)
+    while len(d.encode(text + " " + words[len(text.split()) % len(words)])) + 1 <= d.max_source_tokens:
+        text += " " + words[len(text.split()) % len(words)]
+    ids = t.encode([text], "ptune")[0]
+    room = d.model.sequence_limit - ids.numel()  # target positions left after prompt and source
+    assert 2 <= room <= 10
+    gen = PositionCappedGenerator([d.model], d.dictionary, beam_size=2, max_len_b=200,
+                                  sequence_limit=d.model.sequence_limit)
+    sample = {"net_input": {"src_tokens": ids[None], "src_lengths": torch.tensor([ids.numel()])}}
+    with torch.no_grad():
+        own = gen.generate([d.model], sample)[0][0]["tokens"]
+    assert len(own) <= room
+    short = "Save all"
+    assert t.translate([text, short], "ptune") == [d.detokenize(own), t.translate(short, "ptune")]
+
+
 def test_blank_long_and_unknown_inputs(translator, prompt_sets):
     assert translator.translate(["", "  "], "msp") == ["", ""]
     with pytest.raises(TextError, match=r"text 1 is \d+ tokens long; direction 'sga' reads at most \d+"):
@@ -236,3 +264,20 @@ def test_interactive_chooses_the_direction_per_line(translator, prompt_sets):
     assert "line 5: unknown direction 'fr' (known: msp, ptune, sga)" in err
     assert re.search(r"line 6: the text is \d+ tokens long; direction 'sga' reads at most \d+", err)
     assert "2 of 8 lines could not be translated" in err
+
+
+def test_direction_specs():
+    from fairseq_plm.cli.translate import parse_direction, split_tag
+
+    assert parse_direction("en-zh=ckpt2.pt,lenpen=1.0,zh_punct=true,beam=5", {"beam": 4}) == \
+        ("en-zh", "ckpt2.pt", {"beam": 5, "lenpen": 1.0, "zh_punct": True})
+    assert parse_direction("ro-en=/a/b.pt,remove_diacritics=yes,plm=/p", {}) == \
+        ("ro-en", "/a/b.pt", {"remove_diacritics": True, "plm": "/p"})
+    with pytest.raises(FairseqPLMError, match="unknown setting 'bem=5'"):
+        parse_direction("de=c.pt,bem=5", {})
+    with pytest.raises(FairseqPLMError, match="beam='x' is not a valid value"):
+        parse_direction("de=c.pt,beam=x", {})
+    with pytest.raises(FairseqPLMError, match="expected NAME=CHECKPOINT"):
+        parse_direction("c.pt", {})
+    assert split_tag("<2de> Open the file", "en") == ("de", "Open the file")
+    assert split_tag("Open <2de> the file", "en") == ("en", "Open <2de> the file")

@@ -14,7 +14,7 @@ that are not UTF-8 are read as U+FFFD. Without ``--direction`` the command is fa
 
 Each ``--direction`` may carry its own settings after commas, overriding the flags:
 ``--direction en-ro=ckpt.pt,beam=5,lenpen=0.6`` (keys: beam, lenpen, max_len_a, max_len_b,
-iter_decode_max_iter, remove_diacritics, zh_punct). Checkpoints are loaded through
+iter_decode_max_iter, remove_diacritics, zh_punct, plm). Checkpoints are loaded through
 ``fairseq_plm.api.Translator`` (fairseq's ``load_checkpoint_to_cpu``).
 """
 
@@ -26,7 +26,7 @@ import sys
 
 TAG = re.compile(r"^<2([^<>\s]+)>\s?")
 DIRECTION_KEYS = {"beam": int, "lenpen": float, "max_len_a": float, "max_len_b": int,
-                  "iter_decode_max_iter": int, "remove_diacritics": "bool", "zh_punct": "bool"}
+                  "iter_decode_max_iter": int, "remove_diacritics": "bool", "zh_punct": "bool", "plm": str}
 
 
 def add_translator_args(p):

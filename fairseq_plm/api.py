@@ -22,7 +22,8 @@
 * **Mixed batches**: texts of several directions on one PLM are batched together; each row gets
   its direction's prompts and the PLM runs one forward per decoding step for the whole batch
   (``models/multi_prompt.py``). A text's translation does not depend on what it is batched
-  with: the same as translating each direction on its own (tested to the string). Directions
+  with: the same as translating each direction on its own (tested to the string; batches
+  differ only in padding, so scores agree up to float rounding). Directions
   with different beam settings, or on different PLMs, form separate batches.
 * Empty (or blank) texts translate to ``""``. A text beyond a direction's positions is refused
   with ``FairseqPLMError`` naming the text and the limit, before anything runs.

@@ -154,6 +154,8 @@ def translate_lines(translator, lines, default):
     results = [("", None)] * len(lines)
     todo = []
     for i, (_, line) in enumerate(lines):
+        if not line.strip():
+            continue  # a blank line gives a blank line
         direction, text = split_tag(line, default)
         if direction is None:
             results[i] = ("", f"no <2NAME> tag and no --default-direction (known: {', '.join(translator.directions)})")

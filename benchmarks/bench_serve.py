@@ -16,7 +16,9 @@ Target: (c) <= 1.1 x ((b) + the other two directions' prompt bytes).
 Without ``--plm``/``--direction`` the benchmark builds its own set-up in ``--work``: a gettext
 En-De corpus, a sentencepiece model, a random GPT of ``--layers``/``--hidden``/``--heads`` in
 HF format, and three MSP En-De prompt sets trained for ``--train-updates`` updates with seeds 3,
-4 and 5. Reused when ``--work`` already holds them.
+4 and 5. Reused when ``--work`` already holds them. Different prompt sets may produce outputs of
+different lengths (reported); ``--identical-directions`` serves the first one under three names
+(three loaded copies), so both scenarios do the same work and only the cost of mixing differs.
 
     python benchmarks/bench_serve.py                                   # tiny: runs in minutes on 2 cores
     python benchmarks/bench_serve.py --layers 12 --hidden 768 --heads 12 --prompt-length 128 \\
@@ -53,6 +55,8 @@ def build_setup(args):
     names = {f"en-de.{i}": ("en", "de", 2 + i) for i in (1, 2, 3)}
     ckpts = {n: os.path.join(work, "ckpt", n, "checkpoint_last.pt") for n in names}
     if all(os.path.exists(c) for c in ckpts.values()):
+        if args.identical_directions:  # the first prompt set under three names (three loaded copies)
+            ckpts = {n: ckpts["en-de.1"] for n in ckpts}
         return plm, ckpts, os.path.join(raw, "test.en")
     import sentencepiece as spm
 
@@ -83,7 +87,7 @@ def build_setup(args):
                 "--max-update", str(args.train_updates), "--seed", str(seed), "--cpu", "--no-progress-bar",
                 "--disable-validation", "--no-epoch-checkpoints", "--no-save-optimizer-state",
                 "--save-dir", os.path.dirname(ckpts[name]))
-    return plm, ckpts, os.path.join(raw, "test.en")
+    return build_setup(args)
 
 
 # ------------------------------------------------------------------ memory
@@ -289,6 +293,8 @@ def main():
     p.add_argument("--batch-window-ms", type=float, default=5.0)
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--identical-directions", action="store_true",
+                   help="serve one prompt set under three names: equal outputs isolate the cost of mixing")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")

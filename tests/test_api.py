@@ -201,6 +201,11 @@ def test_position_limit_is_per_row(prompt_sets):
     assert len(own) <= room
     short = "Save all"
     assert t.translate([text, short], "ptune") == [d.detokenize(own), t.translate(short, "ptune")]
+    # max_len_a * |x| + max_len_b is per row too (fairseq uses the batch's longest source)
+    t.add_direction("ptune-a", prompt_sets["ckpts"]["ptune"], beam=2, max_len_a=0.5, max_len_b=1)
+    texts = ["Save all", "Open the file and save all changes before you close the window"]
+    assert t.translate(texts, "ptune-a") == [t.translate(x, "ptune-a") for x in texts]
+    assert len(t.translate(texts[0], "ptune-a").split()) < len(t.translate(texts[1], "ptune-a").split())
 
 
 def test_blank_long_and_unknown_inputs(translator, prompt_sets):

@@ -170,8 +170,8 @@ class MultiPromptGPTEncoder(FairseqEncoder):
         # per-row length limits: the direction's max_len_a * |x| + max_len_b (|x| without
         # </s>, as SequenceGenerator counts it) and the PLM's last position
         n = (src_tokens.ne(self.padding_idx) & src_tokens.ne(self.eos)).long().sum(dim=1)
-        a = src_tokens.new_tensor([self.limits[k][0] for k in directions.tolist()], dtype=torch.float)
-        c = src_tokens.new_tensor([self.limits[k][1] for k in directions.tolist()], dtype=torch.float)
+        a = src_tokens.new_tensor([self.limits[k][0] for k in directions.tolist()], dtype=torch.float64)
+        c = src_tokens.new_tensor([self.limits[k][1] for k in directions.tolist()], dtype=torch.float64)
         limit = torch.minimum((a * n + c).long(), self.plm.cfg.max_positions - 1 - offset).clamp(min=1)
         return {"slots": [slots], "src_keys": src_keys, "src_values": src_values, "src_padding_mask": [src_mask],
                 "target_offset": [offset], "max_len": [limit],

@@ -4,11 +4,22 @@ fairseq-fixed 0.12.3.1 predates torch 2.6 and was only ever run on GPUs. Four th
 need fixing for our users, and each is applied exactly once, on import of the package
 (which fairseq does for ``--user-dir``, and our ``fairseq-plm-*`` entry points do first):
 
-1. ``weights_only``: torch>=2.6 refuses to unpickle fairseq checkpoints, which hold
-   ``argparse.Namespace`` / omegaconf objects. fairseq reads every checkpoint through
-   ``checkpoint_utils.load_checkpoint_to_cpu`` (generate, resume, fine-tune, ensembles),
-   so we wrap that single function and load with ``weights_only=False`` inside it only.
-   Other ``torch.load`` calls in the process keep torch's safe default.
+1. Checkpoints: safe to load, complete, resumable. fairseq reads every checkpoint
+   through ``checkpoint_utils.load_checkpoint_to_cpu`` (generate, interactive, validate,
+   resume, fine-tune, ``load_model_ensemble_and_task``); we replace that single function.
+   **The rule: no code runs when a checkpoint is loaded.** Every checkpoint is unpickled
+   with torch's ``weights_only=True`` plus an allowlist of exactly the types fairseq
+   checkpoints hold (``checkpoints.checkpoint_globals``), added for our own load only;
+   anything else is refused with one line naming the file and the type, and nothing of it
+   runs. The only way around it is the explicit opt-in ``FAIRSEQ_PLM_TRUST_CHECKPOINTS=1``
+   (or a list of trusted files). The same function also reads prompt adapter directories
+   (``fairseq-plm-export``: safetensors + JSON, no pickle at all), and refuses in one line
+   a missing, empty, truncated or wrong-type file. ``load_model_ensemble_and_task`` checks
+   its paths first (fairseq's own check raises a bare IOError). fairseq's copies of the
+   saved checkpoint to ``checkpoint_last.pt``/``checkpoint_best.pt`` are made atomic (temp
+   name, then rename), and a resumed run starts from the newest *complete* checkpoint
+   (``_resume_from_newest_complete``), saying so in the log, when ``checkpoint_last.pt``
+   is missing its last save or is truncated.
 2. CPU data-parallel training: fairseq passes ``device_ids=[device_id]`` to
    ``DistributedDataParallel`` even for CPU modules (torch rejects that) and sizes the
    process pool with ``torch.cuda.device_count()`` (0 on CPU, or a ZeroDivisionError
@@ -30,7 +41,6 @@ import contextlib
 import logging
 import os
 import socket
-import warnings
 
 import torch
 
@@ -40,39 +50,140 @@ _APPLIED = False
 MARKER = "_fairseq_plm_package_marker"
 
 
-@contextlib.contextmanager
-def trusted_checkpoint_loading():
-    """Let torch.load unpickle full fairseq checkpoints inside this block only."""
-    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    old = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.*")
-            yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+def _finish_like_fairseq(state, arg_overrides):
+    """What fairseq's ``load_checkpoint_to_cpu`` does after ``torch.load``: overrides, the
+    omegaconf config, upgrades of old checkpoints."""
+    from fairseq.checkpoint_utils import _upgrade_state_dict
+    from fairseq.dataclass.utils import overwrite_args_by_name
+    from omegaconf import OmegaConf
+
+    if state.get("args") is not None and arg_overrides is not None:
+        for name, value in arg_overrides.items():
+            setattr(state["args"], name, value)
+    if state.get("cfg") is not None:
+        state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
+        if arg_overrides is not None:
+            overwrite_args_by_name(state["cfg"], arg_overrides)
+    if "adapter_config" in state:  # written in today's format: nothing to upgrade
+        return state
+    return _upgrade_state_dict(state)
 
 
 def _patch_checkpoint_loading():
     from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    from .checkpoints import ADAPTER_CONFIG, read_checkpoint
+    from .plm.errors import FairseqPLMError
 
     original = checkpoint_utils.load_checkpoint_to_cpu
     if getattr(original, "_fairseq_plm", False):
         return
 
     def load_checkpoint_to_cpu(path, arg_overrides=None, load_on_all_ranks=False):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        with trusted_checkpoint_loading():
-            return original(path, arg_overrides, load_on_all_ranks)
+        local = path if os.path.exists(path) else PathManager.get_local_path(path)
+        return _finish_like_fairseq(read_checkpoint(local), arg_overrides)
 
     load_checkpoint_to_cpu._fairseq_plm = True
     load_checkpoint_to_cpu.__doc__ = original.__doc__
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+
+    original_ensemble = checkpoint_utils.load_model_ensemble_and_task
+
+    def load_model_ensemble_and_task(filenames, *args, **kwargs):
+        for name in filenames:
+            if not PathManager.exists(name) and not any(
+                    PathManager.exists(name.replace(".pt", f"{s}.pt")) for s in ("-shard0", "_part0")):
+                raise FairseqPLMError(f"checkpoint not found: {name} (--path)")
+        return original_ensemble(filenames, *args, **kwargs)
+
+    load_model_ensemble_and_task._fairseq_plm = True
+    checkpoint_utils.load_model_ensemble_and_task = load_model_ensemble_and_task
+
+    # fairseq copies the checkpoint it saved to checkpoint_last.pt / checkpoint_best.pt with a
+    # plain copy: a kill mid-copy left a truncated file. Atomic copies, in checkpoint_utils only.
+    checkpoint_utils.PathManager = _CheckpointPathManager(checkpoint_utils.PathManager)
+
+    original_load_checkpoint = checkpoint_utils.load_checkpoint
+
+    def load_checkpoint(cfg, trainer, **passthrough_args):
+        with _resume_from_newest_complete(cfg, trainer):
+            return original_load_checkpoint(cfg, trainer, **passthrough_args)
+
+    load_checkpoint._fairseq_plm = True
+    checkpoint_utils.load_checkpoint = load_checkpoint
+
+    # the trainer only loads what PathManager.isfile accepts: let it take an adapter directory
+    # (--finetune-from-model / --restore-file) instead of silently starting from scratch
+    import fairseq.trainer as fairseq_trainer
+
+    fairseq_trainer.PathManager = _CheckpointPathManager(
+        fairseq_trainer.PathManager, isfile=lambda p: os.path.isfile(os.path.join(p, ADAPTER_CONFIG)))
+
+
+class _CheckpointPathManager:
+    """fairseq's PathManager with an atomic ``copy`` (and, for the trainer, an ``isfile`` that
+    also accepts a prompt adapter directory); everything else is delegated."""
+
+    def __init__(self, inner, isfile=None):
+        self._inner, self._also_file = inner, isfile
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def copy(self, src_path, dst_path, overwrite=False, **kwargs):
+        from .checkpoints import atomic_copy
+
+        if not (os.path.isfile(src_path) and os.path.isdir(os.path.dirname(os.path.abspath(dst_path)))):
+            return self._inner.copy(src_path, dst_path, overwrite=overwrite, **kwargs)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        return atomic_copy(src_path, dst_path)
+
+    def isfile(self, path):
+        return self._inner.isfile(path) or bool(self._also_file and self._also_file(path))
+
+
+@contextlib.contextmanager
+def _resume_from_newest_complete(cfg, trainer):
+    """On a default restart (``--restore-file checkpoint_last.pt``), resume from the newest
+    complete checkpoint of ``--save-dir`` when checkpoint_last.pt is truncated, or older than
+    a complete checkpoint saved after it (a kill between fairseq's save and its copies)."""
+    from .checkpoints import is_complete, newest_complete_checkpoint
+    from .plm.errors import FairseqPLMError
+
+    suffix = trainer.checkpoint_suffix or ""
+    last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+    chosen = None
+    if cfg.restore_file == "checkpoint_last.pt" and os.path.isdir(cfg.save_dir):
+        newest, skipped = newest_complete_checkpoint(cfg.save_dir, suffix)
+        last_ok = os.path.exists(last) and last not in skipped and is_complete(last)
+        # a missing checkpoint_last.pt means "start afresh" where fairseq never writes one
+        # (--no-last-checkpoints) or where a first launch fine-tunes (--finetune-from-model)
+        missing_counts = not (cfg.no_last_checkpoints or cfg.finetune_from_model)
+        if newest is not None and os.path.abspath(newest) != os.path.abspath(last) and (
+                (not os.path.exists(last) and missing_counts) or (os.path.exists(last) and not last_ok)
+                or (last_ok and os.path.getmtime(newest) > os.path.getmtime(last))):
+            chosen = newest
+            why = (f"{last} is missing" if not os.path.exists(last) else
+                   f"{last} is incomplete (truncated or corrupt)" if not last_ok else
+                   f"{last} is older than {newest} (the run was killed while fairseq copied it)")
+            incomplete = [p for p in skipped if p != last]
+            logger.warning(f"{why}; resuming from {newest}, the newest complete checkpoint"
+                           + (f" (also skipped as incomplete: {', '.join(incomplete)})" if incomplete else ""))
+        elif newest is None and os.path.exists(last):
+            raise FairseqPLMError(
+                f"{last} is incomplete (truncated or corrupt) and {cfg.save_dir} holds no complete checkpoint to "
+                f"resume from; move it away to start training from update 0")
+    if chosen is None:
+        yield
+        return
+    saved = cfg.restore_file, cfg.finetune_from_model
+    cfg.restore_file, cfg.finetune_from_model = os.path.abspath(chosen), None
+    try:
+        yield
+    finally:
+        cfg.restore_file, cfg.finetune_from_model = saved
 
 
 def _free_port():

@@ -8,15 +8,14 @@ import pytest
 import torch
 
 from conftest import TRAIN_ARGS
-from fairseq_plm.compat import trusted_checkpoint_loading
+from fairseq_plm.checkpoints import load_torch_file
 from tiny import USER_DIR, cli
 
 GEN = ["--task", "plm_translation", "--beam", "2", "--max-len-a", "0", "--max-len-b", "8", "--cpu"]
 
 
 def load(path):
-    with trusted_checkpoint_loading():
-        return torch.load(path, map_location="cpu")
+    return load_torch_file(path)  # weights-only, as every checkpoint of the package is read
 
 
 def hypothesis_ids(output):

@@ -336,13 +336,12 @@ def load_plm(path: str, random_init: bool = False, seed: int = 1) -> PretrainedL
         mapper = map_gpt2 if cfg.family == "gpt2" else map_hf_bert
         return load_weights(model, read_state_dict(weights), mapper, weights)
     model_pt = os.path.join(path, "model.pt")
-    try:
-        from ..compat import trusted_checkpoint_loading
+    from ..checkpoints import load_torch_file  # weights-only + fairseq's checkpoint types: runs no code
 
-        with trusted_checkpoint_loading():
-            ckpt = torch.load(model_pt, map_location="cpu")
-    except Exception as e:
-        raise PLMLoadError(f"cannot read {model_pt}: {type(e).__name__}: {e}") from None
+    try:
+        ckpt = load_torch_file(model_pt, what="fairseq XLM-R checkpoint")
+    except FairseqPLMError as e:
+        raise PLMLoadError(str(e)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise PLMLoadError(f"{model_pt} is not a fairseq checkpoint (no 'model' entry)")
     model = build_model(fairseq_roberta_config(ckpt, model_pt))

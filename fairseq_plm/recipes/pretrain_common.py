@@ -377,7 +377,9 @@ class BudgetTrainer:
         self.step, self.spent, self.cpu, self.tokens, self.history, self.commands = 0, 0.0, 0.0, 0, [], []
         self.ckpt = os.path.join(args.out, "checkpoint.pt")
         if os.path.exists(self.ckpt):
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)  # our own file
+            from ..checkpoints import load_torch_file  # weights-only: loading runs no code
+
+            state = load_torch_file(self.ckpt, what="pre-training checkpoint")
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
             self.gen.set_state(state["generator"])

@@ -414,6 +414,7 @@ def read_adapter(path):
         "optimizer_history": [{"criterion_name": trained.get("criterion_name"), "optimizer_name": None,
                                "lr_scheduler_state": {}, "num_updates": trained.get("num_updates", 0)}],
         "task_state": {},
-        "extra_state": None,  # no training state: a run given an adapter starts its data afresh
+        # no training state: a run given an adapter (--finetune-from-model) starts at epoch 1
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0, "shuffle": True, "version": 2}},
         "adapter_config": config,
     }

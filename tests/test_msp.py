@@ -186,9 +186,14 @@ def test_each_setting_trains_and_decodes(tiny, tmp_path, arch):
         "--prompt-length", "4", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "1000", "--max-update", "4",
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--cpu", "--save-dir", save,
         "--no-epoch-checkpoints", *(["--prefix-mlp-dim", "16"] if arch == "prefix_tuning" else []))
-    out = cli("fairseq-plm-generate", tiny["data"], "--path", save / "checkpoint_last.pt", "--task", "plm_translation",
-              "--beam", "4", "--max-len-a", "0", "--max-len-b", "6", "--cpu", "--batch-size", "6").stdout
+    gen = ["--task", "plm_translation", "--beam", "4", "--max-len-a", "0", "--max-len-b", "6", "--cpu",
+           "--batch-size", "6"]
+    out = cli("fairseq-plm-generate", tiny["data"], "--path", save / "checkpoint_last.pt", *gen).stdout
     assert sorted(int(i) for i in re.findall(r"^H-(\d+)\t", out, flags=re.M)) == list(range(13))
+    if arch in ("msp", "prefix_tuning", "prompt_tuning"):  # the exported prompt adapter translates the same
+        from test_adapters import assert_adapter_generates_the_same
+
+        assert_adapter_generates_the_same(tiny["data"], save / "checkpoint_last.pt", gen, out, tmp_path / "adapter")
 
 
 def test_single_stage_pairs_must_fit_the_plm_positions_together(tiny, task):

@@ -37,6 +37,12 @@ def test_sga_trains_and_decodes_through_the_clis(tiny_xlmr, tmp_path, arch):
     one = cli("fairseq-plm-generate", tiny_xlmr["data"], "--path", tmp_path / "ckpt" / "checkpoint_last.pt",
               "--task", "plm_translation", "--cpu", "--batch-size", "1", "--iter-decode-max-iter", "4").stdout
     assert hypotheses(one) == hyps
+    if arch == "sga":  # the exported prompt adapter translates the same
+        from test_adapters import assert_adapter_generates_the_same
+
+        assert_adapter_generates_the_same(tiny_xlmr["data"], tmp_path / "ckpt" / "checkpoint_last.pt",
+                                          ["--task", "plm_translation", "--cpu", "--batch-size", "6",
+                                           "--iter-decode-max-iter", "4"], out, tmp_path / "adapter")
 
 
 def test_ctc_nat_baseline_on_a_plain_fairseq_vocabulary(tiny, tmp_path):

@@ -71,9 +71,7 @@ def average_checkpoints(paths):
     out = first
     out["model"] = collections.OrderedDict(
         (k, (sums[k] / len(paths)).to(v.dtype) if k in sums else v) for k, v in first["model"].items())
-    if out.get("extra_state") is None:  # an adapter directory as first input: no training state
-        out["extra_state"] = {}
-    out.pop("adapter_config", None)
+    out.pop("adapter_config", None)  # an adapter directory as first input: the result is a checkpoint
     return out
 
 

@@ -147,3 +147,14 @@ def test_bad_adapters_and_exports_are_one_line(exported, tmp_path):
     with pytest.raises(SystemExit, match="is a non-empty directory that is not a prompt adapter"):
         export(["--checkpoint", exported["ckpt"], "--output", str(tmp_path / "notes")])
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_averaging_takes_adapters(exported, tmp_path):
+    from fairseq_plm.cli.average_checkpoints import main as average
+
+    out = str(tmp_path / "avg.pt")
+    average(["--inputs", exported["fp32"], exported["ckpt"], "--output", out])
+    averaged, reference = read_checkpoint(out)["model"], load_torch_file(exported["ckpt"])["model"]
+    assert averaged.keys() == reference.keys()
+    for k, v in reference.items():
+        assert torch.equal(averaged[k], v), k  # the same prompts twice

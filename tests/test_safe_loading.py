@@ -184,3 +184,15 @@ def test_bad_path_is_one_line_in_generate(trained, tmp_path, kind):
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
     last = p.stderr.strip().splitlines()[-1]
     assert path in last and EXPECTED[kind] in last, last
+
+
+def test_fairseq_xlmr_model_pt_with_a_payload_is_refused(tmp_path):
+    from fairseq_plm.plm.loading import PLMLoadError, load_plm
+
+    plm = tmp_path / "xlmr"
+    plm.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"args": argparse.Namespace(arch="roberta_base"), "model": {}, "x": Payload(marker)}, plm / "model.pt")
+    with pytest.raises(PLMLoadError, match=f"{plm / 'model.pt'}: refused to load: it holds posix.system"):
+        load_plm(str(plm))
+    assert not marker.exists()

@@ -240,9 +240,9 @@ def newest_complete_checkpoint(save_dir, suffix=""):
     except OSError:
         return None, []
     paths = [os.path.join(save_dir, n) for n in names]
-    # newest first; on equal times prefer the file fairseq wrote first (then its copies)
+    # newest first; among equally new files checkpoint_last.pt first (fairseq's own choice)
     order = {"_last": 2, "_best": 1}
-    paths.sort(key=lambda p: (os.path.getmtime(p), -order.get(pattern.fullmatch(os.path.basename(p)).group(1), 0)),
+    paths.sort(key=lambda p: (os.path.getmtime(p), order.get(pattern.fullmatch(os.path.basename(p)).group(1), 0)),
                reverse=True)
     skipped = []
     for p in paths:

@@ -149,32 +149,34 @@ def _resume_from_newest_complete(cfg, trainer):
     """On a default restart (``--restore-file checkpoint_last.pt``), resume from the newest
     complete checkpoint of ``--save-dir`` when checkpoint_last.pt is truncated, or older than
     a complete checkpoint saved after it (a kill between fairseq's save and its copies)."""
-    from .checkpoints import is_complete, newest_complete_checkpoint
+    from .checkpoints import newest_complete_checkpoint
     from .plm.errors import FairseqPLMError
 
     suffix = trainer.checkpoint_suffix or ""
     last = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
-    chosen = None
+    chosen = why = None
     if cfg.restore_file == "checkpoint_last.pt" and os.path.isdir(cfg.save_dir):
+        # newest first, checkpoint_last.pt first among equally new ones; each file read once
         newest, skipped = newest_complete_checkpoint(cfg.save_dir, suffix)
-        last_ok = os.path.exists(last) and last not in skipped and is_complete(last)
-        # a missing checkpoint_last.pt means "start afresh" where fairseq never writes one
-        # (--no-last-checkpoints) or where a first launch fine-tunes (--finetune-from-model)
-        missing_counts = not (cfg.no_last_checkpoints or cfg.finetune_from_model)
-        if newest is not None and os.path.abspath(newest) != os.path.abspath(last) and (
-                (not os.path.exists(last) and missing_counts) or (os.path.exists(last) and not last_ok)
-                or (last_ok and os.path.getmtime(newest) > os.path.getmtime(last))):
-            chosen = newest
-            why = (f"{last} is missing" if not os.path.exists(last) else
-                   f"{last} is incomplete (truncated or corrupt)" if not last_ok else
-                   f"{last} is older than {newest} (the run was killed while fairseq copied it)")
+        if newest is None:
+            if os.path.exists(last):
+                raise FairseqPLMError(
+                    f"{last} is incomplete (truncated or corrupt) and {cfg.save_dir} holds no complete checkpoint "
+                    f"to resume from; move it away to start training from update 0")
+        elif os.path.abspath(newest) != os.path.abspath(last):
+            if last in skipped:
+                why = f"{last} is incomplete (truncated or corrupt)"
+            elif os.path.exists(last):
+                why = f"{last} is older than {newest} (the run was killed while fairseq copied it)"
+            elif not (cfg.no_last_checkpoints or cfg.finetune_from_model):
+                # (where fairseq never writes one, or a first launch fine-tunes, a missing
+                # checkpoint_last.pt means "start afresh")
+                why = f"{last} is missing"
+            chosen = newest if why else None
+        if chosen:
             incomplete = [p for p in skipped if p != last]
             logger.warning(f"{why}; resuming from {newest}, the newest complete checkpoint"
                            + (f" (also skipped as incomplete: {', '.join(incomplete)})" if incomplete else ""))
-        elif newest is None and os.path.exists(last):
-            raise FairseqPLMError(
-                f"{last} is incomplete (truncated or corrupt) and {cfg.save_dir} holds no complete checkpoint to "
-                f"resume from; move it away to start training from update 0")
     if chosen is None:
         yield
         return

@@ -101,6 +101,9 @@ def test_the_python_api_loads_an_adapter_without_unpickling(exported, monkeypatc
             assert state[k].dtype == v.dtype
             torch.testing.assert_close(state[k], v, atol=tol, rtol=tol)
         assert cfg.model._name == "msp_single_stage" and task.cfg._name == "plm_translation"
+    moved = "/nowhere/mgpt"  # --model-overrides works as for a checkpoint
+    with pytest.raises(FairseqPLMError, match=moved):
+        checkpoint_utils.load_model_ensemble_and_task([exported["fp32"]], arg_overrides={"plm": moved})
 
 
 def test_interactive_and_validate_take_an_adapter(exported):

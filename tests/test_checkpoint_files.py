@@ -78,6 +78,27 @@ def test_resume_with_no_complete_checkpoint_is_one_error(tmp_path):
         checkpoint_utils.load_checkpoint(cfg, trainer)
 
 
+def test_a_kill_between_save_and_copy_resumes_from_the_saved_checkpoint(tmp_path):
+    """fairseq saves checkpoint_<e>_<u>.pt, then copies it to checkpoint_last.pt: killed in
+    between, checkpoint_last.pt is whole but one save behind (or missing on the first save)."""
+    from fairseq_plm.compat import _resume_from_newest_complete
+
+    _write(tmp_path / "checkpoint_last.pt", 100)
+    saved = _write(tmp_path / "checkpoint_1_4.pt", 200)
+    cfg = types.SimpleNamespace(restore_file="checkpoint_last.pt", save_dir=str(tmp_path), no_last_checkpoints=False,
+                                finetune_from_model=None)
+    trainer = types.SimpleNamespace(checkpoint_suffix="")
+    with _resume_from_newest_complete(cfg, trainer):
+        assert cfg.restore_file == saved
+    assert cfg.restore_file == "checkpoint_last.pt"  # the saved config is left as given
+    os.remove(tmp_path / "checkpoint_last.pt")
+    with _resume_from_newest_complete(cfg, trainer):
+        assert cfg.restore_file == saved
+    cfg.no_last_checkpoints = True  # fairseq never writes one: a missing checkpoint_last.pt means a fresh start
+    with _resume_from_newest_complete(cfg, trainer):
+        assert cfg.restore_file == "checkpoint_last.pt"
+
+
 def test_a_truncated_checkpoint_last_resumes_from_the_newest_complete_one(trained, tmp_path):
     """A run killed while fairseq wrote checkpoint_last.pt: the rerun continues from the newest
     complete checkpoint (epoch 2) instead of dying on the corrupt zip or starting over."""

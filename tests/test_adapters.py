@@ -161,3 +161,23 @@ def test_averaging_takes_adapters(exported, tmp_path):
     assert averaged.keys() == reference.keys()
     for k, v in reference.items():
         assert torch.equal(averaged[k], v), k  # the same prompts twice
+
+
+def test_the_translator_api_takes_an_adapter_and_refuses_a_payload(exported, tmp_path):
+    """fairseq_plm.Translator (and so fairseq-plm-serve) reads checkpoints through the same
+    guarded reader: an adapter translates as its checkpoint, a pickle payload runs nothing."""
+    from fairseq_plm import Translator
+
+    from test_safe_loading import Payload
+
+    texts = ["Open the file", "Save all", ""]
+    t = Translator(device="cpu")
+    t.add_direction("pt", exported["ckpt"], beam=2, max_len_b=8)
+    t.add_direction("adapter", exported["fp32"], beam=2, max_len_b=8)
+    assert t.translate(texts, "adapter") == t.translate(texts, "pt")
+    state = torch.load(exported["ckpt"], weights_only=False)  # our own file
+    state["extra_state"]["x"] = Payload(tmp_path / "pwned")
+    torch.save(state, tmp_path / "shared.pt")
+    with pytest.raises(FairseqPLMError, match="refused to load: it holds posix.system"):
+        t.add_direction("evil", str(tmp_path / "shared.pt"))
+    assert not (tmp_path / "pwned").exists()

@@ -13,6 +13,8 @@ import re
 
 import torch
 
+from ..plm.errors import command
+
 
 def last_n_checkpoints(directory, n, update_based=False, upper_bound=None):
     pattern = re.compile(r"checkpoint_\d+_(\d+)\.pt" if update_based else r"checkpoint(\d+)\.pt")
@@ -54,6 +56,7 @@ def average_checkpoints(paths):
     return out
 
 
+@command("fairseq-plm-average-checkpoints")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--inputs", nargs="+", required=True, help="checkpoint files, or one directory with --num-*")

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -86,10 +87,10 @@ def build_task_plm(cfg, task, families, needs):
 
 # ---------------------------------------------------------------- PLM fingerprint
 #
-# Version 2 (this one): 0x02 followed by the SHA-256 of every tensor of the PLM's state: its
+# Version 2 (this one): 0x02 followed by a SHA-256 over every tensor of the PLM's state: its
 # name, shape and every byte of its values (floating-point tensors as float32, so the digest
 # does not depend on the dtype or device the PLM is held in; a tensor tied to an earlier one is
-# recorded as that tie). Exact: one changed value anywhere (an added token's embedding row, a
+# recorded as that tie; values are hashed in 64 MiB chunks, in parallel, see _exact_digest). Exact: one changed value anywhere (an added token's embedding row, a
 # fine-tuned copy) gives another digest. Hashing reads every weight once (about 2.2 GB for a
 # 560M-parameter PLM, see benchmarks/RESULTS.md); the digest of a PLM read from a directory is
 # then cached, keyed by the directory's real path, the size, mtime, ctime and inode of every file
@@ -137,18 +138,36 @@ def _kind(t):
     return "float" if torch.is_floating_point(t) else str(t.dtype)
 
 
+_CHUNK = 1 << 24  # values per hashed chunk (64 MiB of fp32): big tensors hash in parallel too
+
+
+def _chunk_digest(flat, start, stop):
+    part = flat[start:stop]
+    part = (part.float() if torch.is_floating_point(part) else part).contiguous()
+    return hashlib.sha256(memoryview(part.view(torch.uint8).numpy())).digest()
+
+
 @torch.no_grad()
 def _exact_digest(model) -> bytes:
-    h = hashlib.sha256()
+    """SHA-256 over each tensor's name, kind and shape followed by the SHA-256 of each 64 MiB
+    chunk of its values (chunks are hashed by ``torch.get_num_threads()`` threads, at most 8:
+    hashlib releases the GIL)."""
+    entries = []
     for name, t in _state_tensors(model):
         if isinstance(t, str):
-            h.update(f"{name}={t};".encode())
+            entries.append((f"{name}={t};".encode(), []))
             continue
-        h.update(f"{name}:{_kind(t)}:{tuple(t.shape)};".encode())
-        flat = t.detach().float() if torch.is_floating_point(t) else t.detach()
-        flat = flat.cpu().reshape(-1).contiguous()
-        if flat.numel():
-            h.update(memoryview(flat.view(torch.uint8).numpy()))
+        flat = t.detach().cpu().reshape(-1)
+        chunks = [(flat, s, min(s + _CHUNK, flat.numel())) for s in range(0, flat.numel(), _CHUNK)]
+        entries.append((f"{name}:{_kind(t)}:{tuple(t.shape)};".encode(), chunks))
+    workers = max(1, min(8, torch.get_num_threads()))
+    h = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [[pool.submit(_chunk_digest, *c) for c in chunks] for _, chunks in entries]
+        for (head, _), done in zip(entries, futures):
+            h.update(head)
+            for f in done:
+                h.update(f.result())
     return h.digest()
 
 

@@ -17,6 +17,7 @@ import sys
 import torch
 
 from ..plm.errors import FairseqPLMError
+from ..plm.errors import command
 
 
 def last_n_checkpoints(directory, n, update_based=False, upper_bound=None):
@@ -75,6 +76,7 @@ def average_checkpoints(paths):
     return out
 
 
+@command("fairseq-plm-average-checkpoints")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--inputs", nargs="+", required=True,

@@ -18,7 +18,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from ..plm.errors import FairseqPLMError
+from ..plm.errors import FairseqPLMError, command
 
 
 def table(rows, langs):
@@ -73,6 +73,7 @@ def evaluate(path, data=None, langs=None, batch_size=64, plm=None, cpu=False):
     return scores
 
 
+@command("fairseq-plm-mpt-eval")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path", required=True, help="checkpoint (checkpoint_best.pt)")
@@ -84,11 +85,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cpu", action="store_true")
     args = p.parse_args(argv)
-    try:
-        scores = evaluate(args.path, args.data, args.langs.split(",") if args.langs else None, args.batch_size,
-                          args.plm, args.cpu)
-    except FairseqPLMError as e:
-        sys.exit(f"fairseq-plm-mpt-eval: error: {e}")
+    scores = evaluate(args.path, args.data, args.langs.split(",") if args.langs else None, args.batch_size,
+                      args.plm, args.cpu)
     avg = float(np.mean(list(scores.values())))
     print(table([(args.name, {k: f"{v:.1f}" for k, v in scores.items()}, f"{avg:.1f}")], list(scores)))
     if args.json:
@@ -97,6 +95,7 @@ def main(argv=None):
                       f, indent=1)
 
 
+@command("fairseq-plm-mpt-aggregate")
 def aggregate(argv=None):
     p = argparse.ArgumentParser(description="Mean and standard deviation over runs (seeds) of "
                                             "fairseq-plm-mpt-eval --json results, one row per --name")
@@ -108,8 +107,8 @@ def aggregate(argv=None):
             with open(path) as f:
                 r = json.load(f)
             groups.setdefault(r["name"], []).append(r["accuracy"])
-        except (OSError, ValueError, KeyError) as e:
-            sys.exit(f"fairseq-plm-mpt-aggregate: error: {path}: not an fairseq-plm-mpt-eval result ({e})")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FairseqPLMError(f"{path}: not a fairseq-plm-mpt-eval result ({e})") from None
     langs = list(OrderedDict.fromkeys(lang for runs in groups.values() for run in runs for lang in run))
     rows = []
     for name, runs in groups.items():

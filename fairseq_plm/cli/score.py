@@ -10,6 +10,12 @@ meteor; ROUGE-L and METEOR are means of sentence scores x100 (see
 reads the ``D-`` (detokenized hypothesis) and ``T-`` (reference) lines, in sentence-id order;
 ``--source-as-hypothesis`` scores the ``S-`` lines instead (the copy-the-source baseline).
 Plain files work too: ``--hyp FILE --ref FILE``.
+
+Refused, with one line: hypotheses and references that do not pair up exactly (line counts
+differ, or the generate output lacks sentences of ``--ref``), empty or missing files, and
+sentencepiece/WordPiece pieces (fairseq-generate run without ``--bpe``), which score far from
+the detokenized text's BLEU; ``--allow-pieces`` scores them anyway, with a warning. Lines are
+split as fairseq-preprocess splits them (``\\n``, ``\\r\\n``, ``\\r``; not U+2028, form feed...).
 """
 
 import argparse
@@ -17,9 +23,12 @@ import re
 import sys
 
 from ..data import generation_metrics as gm
-from ..data.text_processing import bleu
+from ..data.text_processing import LineReader, bleu, read_lines
+from ..plm.errors import FairseqPLMError, command
 
 METRICS = ("bleu", "rouge-l", "meteor")
+# a text is taken for pieces when this share of its whitespace-separated tokens are pieces
+PIECES_SHARE = 0.2
 
 
 def parse_metrics(values):
@@ -39,11 +48,18 @@ def parse_metrics(values):
     return names
 
 
+# ------------------------------------------------------------------ reading
+
 def read_generate_output(path):
+    """{"S"|"T"|"D": {sentence id: text}} of a fairseq-generate output."""
     rows = {"S": {}, "T": {}, "D": {}}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"^([STD])-(\d+)\t(.*)$", line.rstrip("\n"))
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FairseqPLMError(f"--generate-output {path}: file not found") from None
+    with f:
+        for line in LineReader(f, f"--generate-output {path}"):
+            m = re.match(r"^([STD])-(\d+)\t(.*)$", line)
             if not m:
                 continue
             kind, i, rest = m.group(1), int(m.group(2)), m.group(3)
@@ -51,13 +67,106 @@ def read_generate_output(path):
                 rest = rest.split("\t", 1)[1] if "\t" in rest else ""
             rows[kind][i] = rest
     if not rows["T"]:
-        raise SystemExit(f"fairseq-plm-score: {path} has no T- (reference) lines")
+        raise FairseqPLMError(f"--generate-output {path} has no T- (reference) lines: not a fairseq-generate "
+                              f"output, or generated without references")
     missing = sorted(set(rows["T"]) - set(rows["D"]))
     if missing:
-        raise SystemExit(f"fairseq-plm-score: {path} lacks hypotheses for {len(missing)} sentences, e.g. id {missing[0]}")
+        raise FairseqPLMError(f"--generate-output {path} lacks hypotheses for {len(missing)} sentences, "
+                              f"e.g. id {missing[0]}")
     return rows
 
 
+def _nonempty(lines, flag, path):
+    if not lines:
+        raise FairseqPLMError(f"{flag} {path} is empty")
+    return lines
+
+
+def read_hypotheses_and_references(generate_output=None, hyp=None, ref=None, source_as_hypothesis=False):
+    """(hypotheses, references, their file, the references' file), paired line by line.
+
+    * ``generate_output``: its D- (or S-) lines in sentence-id order, against its T- lines, or
+      against ``ref``'s lines (sentence i = line i + 1), which must be exactly the sentences
+      of the output;
+    * ``hyp`` and ``ref``: two files with exactly as many lines."""
+    if generate_output:
+        rows = read_generate_output(generate_output)
+        ids = sorted(rows["T"])
+        hyps = [rows["S" if source_as_hypothesis else "D"].get(i, "") for i in ids]
+        if source_as_hypothesis and len(rows["S"]) < len(ids):
+            raise FairseqPLMError(f"--generate-output {generate_output} lacks S- (source) lines")
+        refs = [rows["T"][i] for i in ids]
+        if ref:  # the raw references, as the paper scores against
+            raw = _nonempty(read_lines(ref, "--ref"), "--ref", ref)
+            if len(raw) != len(ids):
+                raise FairseqPLMError(
+                    f"--ref {ref} has {len(raw)} lines but --generate-output {generate_output} has "
+                    f"{len(ids)} sentences: they must be the same sentences (the split that was generated)")
+            if ids != list(range(len(raw))):
+                gap = sorted(set(range(len(raw))) - set(ids))
+                raise FairseqPLMError(
+                    f"--generate-output {generate_output} has no translation of line {gap[0] + 1} of --ref {ref} "
+                    f"(and {len(gap) - 1} more; ids up to {ids[-1]}): was it generated with "
+                    f"--skip-invalid-size-inputs-valid-test or from another split?")
+            return hyps, raw, generate_output, ref
+        return hyps, refs, generate_output, generate_output
+    if hyp and ref:
+        hyps = _nonempty(read_lines(hyp, "--hyp"), "--hyp", hyp)
+        refs = _nonempty(read_lines(ref, "--ref"), "--ref", ref)
+        if len(hyps) != len(refs):
+            raise FairseqPLMError(f"--hyp {hyp} has {len(hyps)} lines but --ref {ref} has {len(refs)}: "
+                                  f"line i of each must be the same sentence")
+        return hyps, refs, hyp, ref
+    raise FairseqPLMError("give --generate-output, or --hyp and --ref")
+
+
+def pieces_kind(lines):
+    """'sentencepiece' / 'WordPiece' when ``lines`` look like a tokenizer's pieces, else None."""
+    tokens = [t for line in lines for t in line.split()]
+    if not tokens:
+        return None
+    if sum(t.startswith("\u2581") for t in tokens) > PIECES_SHARE * len(tokens):
+        return "sentencepiece"
+    if sum(t.startswith("##") for t in tokens) > PIECES_SHARE / 2 * len(tokens):
+        return "WordPiece"
+    return None
+
+
+def check_not_pieces(hyps, refs, hyp_file, ref_file, allow=False):
+    for what, lines, where in (("hypotheses", hyps, hyp_file), ("references", refs, ref_file)):
+        kind = pieces_kind(lines)
+        if kind is None:
+            continue
+        fix = ("--bpe sentencepiece --sentencepiece-model <PLM>/spiece.model" if kind == "sentencepiece"
+               else "--bpe wordpiece --wordpiece-vocab <PLM>/vocab.txt")
+        message = (f"the {what} ({where}) are {kind} pieces, not text (fairseq-generate without --bpe?); "
+                   f"scores on pieces are not comparable to scores on text: generate with {fix}")
+        if not allow:
+            raise FairseqPLMError(message + ", or pass --allow-pieces to score the pieces anyway")
+        print(f"fairseq-plm-score: WARNING: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ scoring
+
+def score(hyps, refs, metrics, tokenize="13a"):
+    """Yields the lines to print: each metric's value with its signature."""
+    for metric in metrics:
+        if metric == "bleu":
+            value, signature = bleu(hyps, refs, tokenize)
+            yield f"BLEU = {value.score:.2f} ({len(hyps)} sentences) | {signature}"
+            yield f"       {value}"
+            continue
+        label, score_fn, signature_fn = {
+            "rouge-l": ("ROUGE-L", gm.rouge_l, gm.rouge_l_signature),
+            "meteor": ("METEOR", gm.meteor, gm.meteor_signature)}[metric]
+        try:
+            value, signature = score_fn(hyps, refs), signature_fn()
+        except (ImportError, gm.WordNetMissing) as e:  # packages of requirements-eval.txt
+            raise FairseqPLMError(str(e)) from None
+        yield f"{label} = {value:.2f} ({len(hyps)} sentences) | {signature}"
+
+
+@command("fairseq-plm-score")
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generate-output")
@@ -70,43 +179,21 @@ def main(argv=None):
                    help=f"metric(s) to print: {', '.join(METRICS)}; repeatable or a comma list "
                         "(default: bleu)")
     p.add_argument("--source-as-hypothesis", action="store_true", help="score the source (copy baseline)")
+    p.add_argument("--allow-pieces", action="store_true",
+                   help="score sentencepiece/WordPiece pieces (generate output without --bpe) with a warning "
+                        "instead of refusing")
     args = p.parse_args(argv)
     try:
         metrics = parse_metrics(args.metric)
     except ValueError as e:
         p.error(str(e))
-    if args.generate_output:
-        rows = read_generate_output(args.generate_output)
-        ids = sorted(rows["T"])
-        hyps = [rows["S" if args.source_as_hypothesis else "D"][i] for i in ids]
-        refs = [rows["T"][i] for i in ids]
-        if args.ref:  # the raw references (sentence i = line i), as the paper scores against
-            raw = open(args.ref, encoding="utf-8").read().splitlines()
-            if len(raw) <= max(ids):
-                p.error(f"{args.ref} has {len(raw)} lines but the generate output has sentence id {max(ids)}")
-            refs = [raw[i] for i in ids]
-    elif args.hyp and args.ref:
-        hyps = open(args.hyp, encoding="utf-8").read().splitlines()
-        refs = open(args.ref, encoding="utf-8").read().splitlines()
-        if len(hyps) != len(refs):
-            p.error(f"{args.hyp} has {len(hyps)} lines but {args.ref} has {len(refs)}")
-    else:
+    if not args.generate_output and not (args.hyp and args.ref):
         p.error("give --generate-output, or --hyp and --ref")
-    for metric in metrics:
-        if metric == "bleu":
-            score, signature = bleu(hyps, refs, args.tokenize)
-            print(f"BLEU = {score.score:.2f} ({len(hyps)} sentences) | {signature}")
-            print(f"       {score}")
-        else:
-            label, score_fn, signature_fn = {
-                "rouge-l": ("ROUGE-L", gm.rouge_l, gm.rouge_l_signature),
-                "meteor": ("METEOR", gm.meteor, gm.meteor_signature)}[metric]
-            try:
-                value, signature = score_fn(hyps, refs), signature_fn()
-            except (ImportError, gm.WordNetMissing) as e:  # packages of requirements-eval.txt
-                raise SystemExit(f"fairseq-plm-score: {e}")
-            print(f"{label} = {value:.2f} ({len(hyps)} sentences) | {signature}")
-        sys.stdout.flush()
+    hyps, refs, hyp_file, ref_file = read_hypotheses_and_references(
+        args.generate_output, args.hyp, args.ref, args.source_as_hypothesis)
+    check_not_pieces(hyps, refs, hyp_file, ref_file, allow=args.allow_pieces)
+    for line in score(hyps, refs, metrics, args.tokenize):
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ FastAPI and uvicorn). Checkpoints load through ``fairseq_plm.api.Translator`` (f
 import argparse
 import sys
 
+from ..plm.errors import command
+
 
 def parser():
     from ..server import Limits
@@ -37,6 +39,7 @@ def parser():
     return p
 
 
+@command("fairseq-plm-serve")
 def main(argv=None):
     from ..plm.errors import FairseqPLMError
     from ..server import Limits

@@ -20,6 +20,12 @@ from fairseq.dataclass import FairseqDataclass
 from .errors import FairseqPLMError
 
 HEADER = "#fairseq_plm_dictionary"
+# After the header's fields, for people: fairseq's own Dictionary (a plain fairseq-generate or
+# -train without --user-dir, whose --task plm_translation argparse would reject) fails on this
+# line and quotes it, all but its last word, in its error message.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HINT = (f"| this is a fairseq_plm dictionary: give fairseq --user-dir {_PACKAGE_DIR} --task plm_translation "
+        f"(or fusion_translation), or use fairseq-plm-generate / -train / -interactive / -validate |")
 
 
 class VocabularyError(FairseqPLMError):
@@ -51,7 +57,7 @@ class PLMDictionary(Dictionary):
                 return self.save(fd)
         mask = -1 if self.mask_index is None else self.mask_index
         print(f"{HEADER} kind={self.kind} size={len(self)} pad={self.pad_index} eos={self.eos_index} "
-              f"unk={self.unk_index} bos={self.bos_index} mask={mask}", file=f)
+              f"unk={self.unk_index} bos={self.bos_index} mask={mask} {HINT}", file=f)
         for s in self.symbols:
             print(s, file=f)
 
@@ -59,7 +65,7 @@ class PLMDictionary(Dictionary):
     def load_saved(cls, path):
         with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")
-        meta = dict(kv.split("=", 1) for kv in lines[0].split()[1:])
+        meta = dict(kv.split("=", 1) for kv in lines[0].split(" | ")[0].split()[1:])
         symbols = lines[1:1 + int(meta["size"])]
         if len(symbols) != int(meta["size"]):
             raise VocabularyError(f"{path} is truncated: expected {meta['size']} symbols")

@@ -28,7 +28,7 @@ from ..plm.errors import FairseqPLMError
 from ..plm.vocab import Retokenizer, tokenizer_file
 from fairseq.tasks.translation import load_langpair_dataset
 
-from .plm_translation import PLMTranslationConfig, PLMTranslationTask
+from .plm_translation import PLMTranslationConfig, PLMTranslationTask, check_encoded, pair_count_error
 
 
 @dataclass
@@ -78,27 +78,37 @@ class FusionTranslationTask(PLMTranslationTask):
         paths = utils.split_paths(self.cfg.data)
         if split != self.cfg.train_subset:
             paths = paths[:1]
-        pair = load_langpair_dataset(  # (its target dictionary only serves raw-text data)
+        try:
+            pair = self._load_pair(paths, split, epoch, combine)
+        except AssertionError as e:
+            if "same number of examples" not in str(e):
+                raise
+            raise pair_count_error(self, split) from None
+        self.datasets[split] = TwoVocabularyPairDataset(
+            pair.src, pair.src_sizes, self.src_dict, pair.tgt, pair.tgt_sizes, tgt_dict=self.tgt_dict,
+            left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
+            shuffle=(split != "test"))
+        self.make_batching_exact(split)
+        check_encoded(self, split)
+        if split == self.cfg.train_subset:
+            dataset = self.datasets[split]
+            dataset.collater = _WithPTMTarget(dataset.collater, self)
+
+    def _load_pair(self, paths, split, epoch, combine):
+        return load_langpair_dataset(  # (its target dictionary only serves raw-text data)
             paths[(epoch - 1) % len(paths)], split, self.cfg.source_lang, self.src_dict, self.cfg.target_lang,
             None, combine=combine, dataset_impl=self.cfg.dataset_impl, upsample_primary=self.cfg.upsample_primary,
             left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
             max_source_positions=self.cfg.max_source_positions, max_target_positions=self.cfg.max_target_positions,
             truncate_source=self.cfg.truncate_source, shuffle=(split != "test"),
             pad_to_multiple=self.cfg.required_seq_len_multiple)
-        self.datasets[split] = TwoVocabularyPairDataset(
-            pair.src, pair.src_sizes, self.src_dict, pair.tgt, pair.tgt_sizes, tgt_dict=self.tgt_dict,
-            left_pad_source=self.cfg.left_pad_source, left_pad_target=self.cfg.left_pad_target,
-            shuffle=(split != "test"))
-        self.make_batching_exact(split)
-        if split == self.cfg.train_subset:
-            dataset = self.datasets[split]
-            dataset.collater = _WithPTMTarget(dataset.collater, self)
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
         if constraints is not None:
             raise FairseqPLMError("--constraints is not supported by --task fusion_translation")
-        return TwoVocabularyPairDataset(src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
-                                        left_pad_source=self.cfg.left_pad_source)
+        return self.tag_inference_dataset(TwoVocabularyPairDataset(
+            src_tokens, src_lengths, self.source_dictionary, tgt_dict=self.target_dictionary,
+            left_pad_source=self.cfg.left_pad_source))
 
 
 class TwoVocabularyPairDataset(LanguagePairDataset):

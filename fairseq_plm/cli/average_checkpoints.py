@@ -16,8 +16,7 @@ import sys
 
 import torch
 
-from ..plm.errors import FairseqPLMError
-from ..plm.errors import command
+from ..plm.errors import FairseqPLMError, command
 
 
 def last_n_checkpoints(directory, n, update_based=False, upper_bound=None):

@@ -110,15 +110,10 @@ def plm_rows(spec, sample, random_init=False, seed=1):
 
 
 def read_checkpoint(path):
-    from fairseq import checkpoint_utils
+    """The raw checkpoint dict, read where the loaders read fairseq ``model.pt`` files."""
+    from ..plm.loading import read_fairseq_checkpoint
 
-    try:
-        return checkpoint_utils.load_checkpoint_to_cpu(path)
-    except FairseqPLMError:
-        raise
-    except Exception as e:
-        raise FairseqPLMError(f"cannot read {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") \
-            from None
+    return read_fairseq_checkpoint(path)
 
 
 def _cfg_get(cfg, key, default=None):

@@ -6,6 +6,7 @@ huggingface_hub writes it); the online path is exercised with the Hub API replac
 """
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -23,10 +24,16 @@ COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
 
 
-def hub_cache(hf_home, repo_id, src_dir, commit, ref="main"):
+def hub_cache(hf_home, repo_id, src_dir, commit, ref="main", listing=None):
     """Store the files of ``src_dir`` as a snapshot of ``repo_id`` at ``commit`` in the standard
-    cache under ``hf_home``: content-addressed blobs, snapshot symlinks, ``refs/<ref>``."""
+    cache under ``hf_home``: content-addressed blobs, snapshot symlinks, ``refs/<ref>``, and with
+    ``listing`` the repository's file list (``trees/<commit>.json``), which huggingface_hub writes when
+    it downloads selected files of a larger repository."""
     repo = os.path.join(str(hf_home), "hub", "models--" + repo_id.replace("/", "--"))
+    if listing is not None:
+        os.makedirs(os.path.join(repo, "trees"), exist_ok=True)
+        with open(os.path.join(repo, "trees", commit + ".json"), "w") as f:
+            json.dump({"format_version": 1, "files": {name: {"size": 1, "blob_id": "0" * 40} for name in listing}}, f)
     snapshot = os.path.join(repo, "snapshots", commit)
     os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
     os.makedirs(snapshot, exist_ok=True)
@@ -72,7 +79,9 @@ def same_weights(a, b):
 
 def test_hub_id_loads_from_the_cache_offline(tmp_path, offline_home):
     src = tiny_gpt2_dir(tmp_path / "src", seed=1)
-    snapshot = hub_cache(offline_home, "test-org/tiny-gpt2", src, COMMIT_A)
+    # as left by an online run that fetched 2 of the repository's 5 files
+    snapshot = hub_cache(offline_home, "test-org/tiny-gpt2", src, COMMIT_A,
+                         listing=os.listdir(src) + ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"])
     model = load_plm("test-org/tiny-gpt2")
     assert same_weights(model, load_plm(src))
     resolved = hub.resolve("test-org/tiny-gpt2")
@@ -99,6 +108,17 @@ def test_uncached_id_offline_is_one_clear_line(offline_home):
     assert "test-org/not-cached" in msg and "HF_HUB_OFFLINE=1" in msg and str(offline_home) in msg
     with pytest.raises(FairseqPLMError, match="test-org/tiny-gpt2.*no snapshot"):
         load_plm(f"test-org/tiny-gpt2@{COMMIT_B}")
+
+
+def test_cached_snapshot_without_weights_offline(tmp_path, offline_home):
+    """Only the config and tokenizer were fetched (e.g. by fairseq-plm-encode): loading the PLM offline says so."""
+    src = tiny_gpt2_dir(tmp_path / "src", seed=1)
+    os.remove(os.path.join(src, "model.safetensors"))
+    hub_cache(offline_home, "test-org/tiny-gpt2", src, COMMIT_A)
+    assert hub.local_plm_path("test-org/tiny-gpt2", need_weights=False).endswith(COMMIT_A)
+    with pytest.raises(FairseqPLMError, match="no weights file"):
+        load_plm("test-org/tiny-gpt2")
+    assert load_plm("test-org/tiny-gpt2", random_init=True).cfg.num_layers == 2
 
 
 def test_local_paths_and_presets_are_not_hub_ids(tmp_path, monkeypatch):

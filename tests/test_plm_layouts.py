@@ -16,7 +16,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import (BertConfig, BertForMaskedLM, BertForPreTraining, BertModel, GPT2Config,  # noqa: E402
+from transformers import (BertConfig, BertForMaskedLM, BertForPreTraining, BertModel,  # noqa: E402
                           GPT2LMHeadModel, XLMRobertaConfig, XLMRobertaForMaskedLM)
 
 from test_backbone_parity import (FFN, HEADS, HIDDEN, LAYERS, VOCAB, XLMR_MAX_LEN, build_fairseq_roberta,  # noqa: E402

@@ -160,15 +160,30 @@ def _resolve(repo_id, revision, need_weights, spec):
             if "connect" not in type(e).__name__.lower() and "timeout" not in type(e).__name__.lower():
                 raise
             why_offline = f"the Hub cannot be reached ({type(e).__name__})"
-    try:
-        path = snapshot_download(repo_id, revision=rev, local_files_only=True, cache_dir=cache_dir())
-    except Exception as e:
-        where = f"the Hugging Face cache ({_shown_cache_dir()})"
+    # the cached snapshot: refs/<rev> (or the commit itself) -> snapshots/<commit>. Not
+    # snapshot_download(local_files_only=True): after a download of selected files it calls the
+    # snapshot incomplete, since the repository's listing has more (TF/Flax weights...)
+    path = _cached_snapshot(repo_id, rev)
+    where = f"the Hugging Face cache ({_shown_cache_dir()})"
+    if path is None:
         raise HubError(
             f"{spec}: no such local path; as a Hugging Face Hub id: {why_offline} and {where} has "
-            f"no snapshot of {repo_id} at {rev!r} ({type(e).__name__}); run once online, or use a local copy"
-        ) from None
+            f"no snapshot of {repo_id} at {rev!r}; run once online, or use a local copy"
+        )
+    if need_weights and not any(os.path.exists(os.path.join(path, main)) for main, _ in WEIGHT_CHOICES):
+        raise HubError(f"{spec}: {why_offline} and the cached snapshot {path} has no weights file (only "
+                       f"config/tokenizer files were fetched); run once online, or use a local copy")
     return HubPLM(repo_id, rev, os.path.basename(os.path.normpath(path)), path)
+
+
+def _cached_snapshot(repo_id, rev):
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in CONFIG_FILES + ("model.pt",):
+        found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir(), revision=rev)
+        if isinstance(found, str):
+            return os.path.dirname(found)
+    return None
 
 
 def local_plm_path(spec: str, need_weights: bool = True) -> str:

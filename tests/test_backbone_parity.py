@@ -1,8 +1,10 @@
 """Numerical parity of our PLM backbones with the reference implementations.
 
 Each test builds a tiny randomly initialised model with ``transformers`` (or fairseq's own
-RoBERTa), writes it to disk in the published format, loads it back with ``load_plm`` and
-compares hidden states of every layer and output logits in fp32 / eval mode.
+RoBERTa), writes it to disk with today's ``save_pretrained`` / fairseq, loads it back with
+``load_plm`` and compares hidden states of every layer and output logits in fp32 / eval mode.
+The layouts of the published checkpoints (hub .bin files, legacy pickles, fp16, the 2019 fairseq
+XLM-R releases) are covered by ``test_plm_layouts.py``.
 
 Every parameter (layer-norm gains and biases included) is re-randomised so that a swapped or
 dropped tensor in the name mapping cannot hide behind HF's default init (LN = 1/0, biases = 0),
@@ -408,7 +410,8 @@ def test_fairseq_xlmr_matches_fairseq(tmp_path, layout):
     out_dir = tmp_path / f"fairseq-xlmr-{layout}"
     out_dir.mkdir()
     state = {k: v.clone() for k, v in fs.state_dict().items()}
-    if layout == "args":  # XLM-R as published (fairseq < 0.10)
+    if layout == "args":  # today's state dict names with an argparse args (a fairseq 0.9-0.10 run);
+        # the 2019 xlmr.base / xlmr.large releases themselves: test_plm_layouts.py
         ckpt = {"args": args, "model": state}
     else:  # fairseq >= 0.10: args None, model config under cfg["model"]
         from omegaconf import OmegaConf

@@ -14,12 +14,12 @@ def _save_safetensors(tensors, path):
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.path.join(path, "model.safetensors"))
 
 
-def save_hf_gpt2(model: PretrainedLM, path: str, spm_model: str = None):
-    """config.json + model.safetensors in GPT2LMHeadModel layout (+ the tokenizer file)."""
+def hf_gpt2_state_dict(model: PretrainedLM):
+    """Our GPT's tensors under GPT2LMHeadModel names (Conv1D matrices [in, out], as views);
+    no ``lm_head.weight`` when tied, as today's transformers saves it."""
     c = model.cfg
     if c.family != "gpt2":
-        raise ValueError("save_hf_gpt2 exports GPT-2 family models only")
-    os.makedirs(path, exist_ok=True)
+        raise ValueError("GPT-2 export needs a GPT-2 family model")
     own = model.state_dict()
     out = {"transformer.wte.weight": own["wte.weight"], "transformer.wpe.weight": own["wpe.weight"],
            "transformer.ln_f.weight": own["ln_f.weight"], "transformer.ln_f.bias": own["ln_f.bias"]}
@@ -33,8 +33,12 @@ def save_hf_gpt2(model: PretrainedLM, path: str, spm_model: str = None):
             out[o + dst + ".bias"] = own[s + src + ".bias"]
     if not c.tie_word_embeddings:
         out["lm_head.weight"] = own["lm_head.weight"]
-    _save_safetensors(out, path)
-    config = {
+    return out
+
+
+def hf_gpt2_config(c):
+    """config.json of a GPT2LMHeadModel with our config ``c``."""
+    return {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
         "n_embd": c.hidden_size, "n_layer": c.num_layers, "n_head": c.num_heads,
         "n_inner": c.intermediate_size, "n_positions": c.max_positions,
@@ -43,8 +47,15 @@ def save_hf_gpt2(model: PretrainedLM, path: str, spm_model: str = None):
         "pad_token_id": c.pad_token_id, "eos_token_id": 1, "bos_token_id": 1,
         "tie_word_embeddings": c.tie_word_embeddings,
     }
+
+
+def save_hf_gpt2(model: PretrainedLM, path: str, spm_model: str = None):
+    """config.json + model.safetensors in GPT2LMHeadModel layout (+ the tokenizer file)."""
+    out = hf_gpt2_state_dict(model)
+    os.makedirs(path, exist_ok=True)
+    _save_safetensors(out, path)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump(hf_gpt2_config(model.cfg), f, indent=2)
     if spm_model is not None:
         shutil.copy(spm_model, os.path.join(path, "spiece.model"))
 

@@ -27,6 +27,7 @@ from fairseq.dataclass import FairseqDataclass
 
 from .errors import FairseqPLMError
 from .fairseq_checks import check_dictionary
+from .hub import pinned_plm_path
 from .loading import load_plm
 from .modules import PretrainedLM
 from .shared import shared_between_models
@@ -43,8 +44,9 @@ class PLMArgs(FairseqDataclass):
         default="???",
         metadata={"help": "pre-trained LM: a local HuggingFace-format directory (config.json + "
                           "model.safetensors/pytorch_model.bin), a fairseq XLM-R directory "
-                          "(model.pt), or a preset name (mgpt, xlmr-base, xlmr-large, mbert) "
-                          "together with --plm-random-init"},
+                          "(model.pt), a Hugging Face Hub id org/name[@revision] (standard cache; "
+                          "HF_HUB_OFFLINE=1 reads the cache only), or a preset name (mgpt, "
+                          "xlmr-base, xlmr-large, mbert) together with --plm-random-init"},
     )
     plm_random_init: bool = field(
         default=False, metadata={"help": "use random PLM weights of the given shape (tests, benchmarks)"})
@@ -60,8 +62,9 @@ class PromptArgs(PLMArgs):
 
 def build_plm(cfg) -> PretrainedLM:
     """The PLM named by ``--plm`` (trainable, as loaded)."""
-    if os.path.isdir(cfg.plm):  # checkpoints remember an absolute path, valid from any cwd
-        cfg.plm = os.path.abspath(cfg.plm)
+    # checkpoints remember an absolute path (valid from any cwd) or the Hub id pinned to the
+    # commit it resolved to (the same files on another machine)
+    cfg.plm = pinned_plm_path(cfg.plm)
     return load_plm(cfg.plm, random_init=cfg.plm_random_init, seed=cfg.plm_seed)
 
 

@@ -18,6 +18,7 @@ from fairseq.data.encoders import register_bpe
 from fairseq.dataclass import FairseqDataclass
 
 from .errors import FairseqPLMError
+from .hub import local_plm_path
 
 HEADER = "#fairseq_plm_dictionary"
 # After the header's fields, for people: fairseq's own Dictionary (a plain fairseq-generate or
@@ -153,7 +154,8 @@ def wordpiece_dictionary(vocab_path: str) -> PLMDictionary:
 
 
 def load_dictionary(path: str, family: Optional[str] = None, vocab_size: Optional[int] = None):
-    """A PLM dictionary from a saved ``dict.*.txt``, a tokenizer file, or a PLM directory."""
+    """A PLM dictionary from a saved ``dict.*.txt``, a tokenizer file, a PLM directory or Hub id."""
+    path = local_plm_path(path, need_weights=False)
     if os.path.isdir(path):
         config = os.path.join(path, "config.json")
         if vocab_size is None and os.path.exists(config):
@@ -194,7 +196,8 @@ def load_dictionary(path: str, family: Optional[str] = None, vocab_size: Optiona
 
 def make_encoder(path: str):
     """A function str -> list of pieces: the PLM's own tokenizer, from a PLM directory or its
-    spiece.model / sentencepiece.bpe.model / vocab.txt."""
+    spiece.model / sentencepiece.bpe.model / vocab.txt (or a Hub id)."""
+    path = local_plm_path(path, need_weights=False)
     tok = tokenizer_file(path) if os.path.isdir(path) else path
     if tok is None or not os.path.exists(tok):
         raise VocabularyError(f"no tokenizer found at {path} (spiece.model, sentencepiece.bpe.model or vocab.txt)")
@@ -257,7 +260,8 @@ def frame_source(src_tokens, bos: int, eos: int, pad: int):
 
 
 def tokenizer_file(plm_path: str) -> Optional[str]:
-    """The tokenizer model shipped in a PLM directory, if any."""
+    """The tokenizer model shipped in a PLM directory (or Hub id), if any."""
+    plm_path = local_plm_path(plm_path, need_weights=False)
     if not os.path.isdir(plm_path):
         return None
     for name in ("spiece.model", "sentencepiece.bpe.model", "vocab.txt"):

@@ -28,6 +28,7 @@ from omegaconf import II
 from ..data.nli import (DEFAULT_VERBALIZER, LABELS, POSITIONS, XNLI_LANGUAGES, ClozeTemplate, NLIDataset,
                         NLIExample, NLIWithParallelDataset, read_nli, read_parallel, sample_k_shot)
 from ..plm.errors import FairseqPLMError
+from ..plm.hub import local_plm_path
 from ..plm.vocab import load_dictionary, make_encoder
 from .plm_translation import ExactBatchingMixin
 
@@ -75,10 +76,10 @@ class MPTNLITask(ExactBatchingMixin, FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
-        path = cfg.plm
+        path = local_plm_path(cfg.plm, need_weights=False) if cfg.plm and cfg.plm != "???" else cfg.plm
         if not path or path == "???" or not os.path.exists(path):
             raise FairseqPLMError(f"--plm {path!r}: mpt_nli encodes its text with the PLM's tokenizer, so --plm "
-                                  f"must be a PLM directory (or its tokenizer file)")
+                                  f"must be a PLM directory or Hub id (or its tokenizer file)")
         return cls(cfg, load_dictionary(path), make_encoder(path))
 
     @property

@@ -166,10 +166,9 @@ def decoding(args, plm, src_fusion, src_base, tgt):
     return names, wall, cpu, out_len, params, dec_layers
 
 
-def training(args, plm, src_fusion, tgt):
-    task = task_of(src_fusion, tgt)
-    variants = {"all tasks (L_T+L_TWP+L_TSP+L_MLM)": {},
-                "translation only (--no-twp --no-tsp --no-mlm)": dict(no_twp=True, no_tsp=True, no_mlm=True)}
+def training_sample(args, src_fusion, tgt):
+    """One training batch: --batch sentences of --src-len / --tgt-len pieces, the target also
+    in the PTM's vocabulary (TSP)."""
     g = torch.Generator().manual_seed(1)
     b = args.batch
     src = torch.cat([torch.randint(200, 20000, (b, args.src_len), generator=g),
@@ -181,8 +180,33 @@ def training(args, plm, src_fusion, tgt):
     sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((b,), args.src_len + 1),
                             "prev_output_tokens": prev},
               "target": tgt_tokens, "ptm_target": ptm_target, "ntokens": b * (args.tgt_len + 1), "nsentences": b}
-    sample = {k: ({kk: vv.to(args.device) for kk, vv in v.items()} if isinstance(v, dict) else
-                  v.to(args.device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+    return {k: ({kk: vv.to(args.device) for kk, vv in v.items()} if isinstance(v, dict) else
+                v.to(args.device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+
+
+def training_step_fn(args, plm, src_fusion, tgt, **flags):
+    """A zero-argument training step (criterion forward, backward, Adam) of deep fusion with
+    --train-m and ``flags`` (e.g. no_twp=True), and the model (for the profiler)."""
+    task = task_of(src_fusion, tgt)
+    sample = training_sample(args, src_fusion, tgt)
+    crit = DeepFusionLoss(task, label_smoothing=0.1)
+    model = build_fusion(args.train_m, plm, task, args, **flags).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        loss, _, _ = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, model
+
+
+def training(args, plm, src_fusion, tgt):
+    task = task_of(src_fusion, tgt)
+    variants = {"all tasks (L_T+L_TWP+L_TSP+L_MLM)": {},
+                "translation only (--no-twp --no-tsp --no-mlm)": dict(no_twp=True, no_tsp=True, no_mlm=True)}
+    sample = training_sample(args, src_fusion, tgt)
     crit = DeepFusionLoss(task, label_smoothing=0.1)
     runs = {}
     for name, flags in variants.items():

@@ -31,13 +31,14 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
 from ..plm.errors import FairseqPLMError
 from ..plm.frozen import FrozenPLMMixin, build_task_plm
 from ..plm.prompts import DeepPrompt, EmbeddingPrompt, MLPDeepPrompt
-from ..plm.shortlist import ShortlistPromptArgs, build_output_shortlist, normalized_probs
+from ..plm.shortlist import build_output_shortlist, normalized_probs
+from ..plm.speed import FastPromptArgs, maybe_compile
 
 
 # ------------------------------------------------------------------------------ configs
 
 @dataclass
-class MSPConfig(ShortlistPromptArgs):
+class MSPConfig(FastPromptArgs):
     reencoding_stages: int = field(
         default=1, metadata={"help": "number of re-encoding stages: 0 = two-stage (encoding/decoding), "
                                      "1 = MSP default, 2 = '+2nd re-encoding' (Table 5)"})
@@ -51,12 +52,12 @@ class MSPConfig(ShortlistPromptArgs):
 
 
 @dataclass
-class PrefixTuningConfig(ShortlistPromptArgs):
+class PrefixTuningConfig(FastPromptArgs):
     prefix_mlp_dim: int = field(default=512, metadata={"help": "hidden size of the reparameterization MLP"})
 
 
 @dataclass
-class PromptTuningConfig(ShortlistPromptArgs):
+class PromptTuningConfig(FastPromptArgs):
     pass
 
 
@@ -218,7 +219,7 @@ class PromptedGPTModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        plm = build_task_plm(cfg, task, ("gpt2",), f"{cls.__name__} needs a causal GPT")
+        plm = maybe_compile(build_task_plm(cfg, task, ("gpt2",), f"{cls.__name__} needs a causal GPT"), cfg)
         encoder = cls.build_encoder(cfg, task.source_dictionary, plm)
         tgt = task.target_dictionary
         shortlist = build_output_shortlist(getattr(cfg, "output_shortlist", "none"), tgt, task.cfg.data,

@@ -52,12 +52,13 @@ from ..plm.config import preset
 from ..plm.errors import FairseqPLMError
 from ..plm.frozen import FrozenPLMMixin, build_task_plm
 from ..plm.prompts import DeepPrompt
-from ..plm.shortlist import ShortlistPromptArgs, build_output_shortlist
+from ..plm.shortlist import build_output_shortlist
+from ..plm.speed import FastPromptArgs, maybe_compile
 from ..plm.vocab import frame, frame_source
 
 
 @dataclass
-class SGAConfig(ShortlistPromptArgs):
+class SGAConfig(FastPromptArgs):
     alignment: ChoiceEnum(["ctc", "mask_predict"]) = field(
         default="ctc", metadata={"help": "alignment objective (§4.3): ctc (translation) or mask_predict "
                                          "(free generation: question/story generation)"})
@@ -175,7 +176,7 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         tgt = task.target_dictionary
         shortlist = build_output_shortlist(cfg.output_shortlist, tgt, task.cfg.data, task.cfg.source_lang,
                                            task.cfg.target_lang, extra_specials=[ctc_blank(tgt)])
-        return cls.from_plm(cfg, plm, tgt, shortlist)
+        return cls.from_plm(cfg, maybe_compile(plm, cfg), tgt, shortlist)
 
     @classmethod
     def from_plm(cls, cfg, plm, dictionary, output_shortlist=None):

@@ -29,7 +29,6 @@ outside the shortlist.
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import numpy as np
@@ -38,18 +37,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import FairseqPLMError
-from .frozen import PromptArgs
 
 logger = logging.getLogger(__name__)
 
 SHORTLIST_HELP = ("score only these output pieces: none (the full vocabulary), auto (the pieces of the "
                   "binarized training targets in the data directory) or FILE (one piece per line); "
                   "special symbols are always kept; stored in the checkpoint")
-
-
-@dataclass
-class ShortlistPromptArgs(PromptArgs):
-    output_shortlist: str = field(default="none", metadata={"help": SHORTLIST_HELP})
 
 
 class OutputShortlist(nn.Module):

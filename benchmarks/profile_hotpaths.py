@@ -37,7 +37,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
+# --package-root DIR: profile another checkout's package (e.g. the commit before a change:
+# `git archive <commit> fairseq_plm | tar -x -C DIR`) with this script and benchmarks
+if "--package-root" in sys.argv:
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--package-root") + 1]))
 import fairseq_plm  # noqa: E402,F401
+import bench_common  # noqa: E402
 
 CASES = ["msp-train", "msp-beam", "sga-decode", "fusion-train"]
 
@@ -82,6 +87,8 @@ def install_labels():
     label(sga.SGAModel, "unit", "SGA unit (alignment/denoising)")
     label(sga.SemanticEncoder, "forward", "SGA semantic encoding")
     label(SequenceGenerator, "_generate", "beam search total")
+    label(torch.optim.Adam, "step", "optimizer step (Adam)")
+    label(torch.Tensor, "backward", "backward (total)")
     label(IterativeRefinementGenerator, "generate", "refinement total")
     try:
         from fairseq_plm.models import fusion
@@ -94,16 +101,25 @@ def install_labels():
 
 # ------------------------------------------------------------------ cases
 
+def shape_args(args):
+    if args.shape == "tiny":
+        return dict(layers=2, hidden=64, heads=4, vocab=2000, prompt_length=8)
+    return dict(layers=6, hidden=512, heads=8, vocab=16000, prompt_length=128)
+
+
 def msp_setup(args):
     import bench_msp
 
-    a = SimpleNamespace(preset="mgpt" if args.shape == "true" else None, layers=6, hidden=512, heads=8,
-                        vocab=16000, prompt_length=128, batch=args.batch or (2 if args.shape == "true" else 8),
+    a = SimpleNamespace(preset="mgpt" if args.shape == "true" else None, **shape_args(args),
+                        batch=args.batch or (2 if args.shape == "true" else 8),
                         src_len=args.src_len, tgt_len=args.tgt_len, device=args.device,
-                        output_shortlist=args.output_shortlist, compile=None)
+                        dtype=args.dtype, compile=args.compile)
     plm, c = bench_msp.plm_dir(a)
     model, d = bench_msp.build("msp", plm, c.vocab_size, a)
-    src, lengths, prev, tgt = bench_msp.batch(a, c.vocab_size, args.device, 0)
+    shortlist = bench_common.random_shortlist(d, args.output_shortlist)
+    if shortlist is not None:
+        model.decoder.output_shortlist = shortlist.to(args.device)
+    src, lengths, prev, tgt = bench_msp.batch(a, c.vocab_size, args.device, 0, shortlist)
     return bench_msp, a, model, d, (src, lengths, prev, tgt), c
 
 
@@ -135,17 +151,19 @@ def case_sga_decode(args):
     import bench_sga
     from fairseq.iterative_refinement_generator import IterativeRefinementGenerator
 
-    a = SimpleNamespace(preset="xlmr-base" if args.shape == "true" else None, layers=6, hidden=512, heads=8,
-                        vocab=16000, prompt_length=128, device=args.device, src_len=args.src_len, sentences=1,
-                        output_shortlist=args.output_shortlist, compile=None)
+    a = SimpleNamespace(preset="xlmr-base" if args.shape == "true" else None, **shape_args(args),
+                        device=args.device, src_len=args.src_len, sentences=1, dtype=args.dtype, compile=args.compile)
     enc_cfg, _ = bench_sga.shapes(a)
     sga, d = bench_sga.build_sga(enc_cfg, a)
+    shortlist = bench_common.random_shortlist(d, args.output_shortlist, [sga.blank])
+    if shortlist is not None:
+        sga.output_shortlist = shortlist.to(args.device)
     gen = IterativeRefinementGenerator(d, models=[sga], max_iter=2, adaptive=False)
     x = bench_sga.sentences(a, enc_cfg.vocab_size)[0]
     sample = bench_sga.net_input(x, d.eos(), args.device)
 
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), bench_common.autocast(a):
             gen.generate([sga], sample)
 
     return step, f"SGA decode, batch 1, 2 denoising loops, {enc_cfg.num_layers} layers d={enc_cfg.hidden_size} " \
@@ -155,12 +173,13 @@ def case_sga_decode(args):
 def case_fusion_train(args):
     import bench_fusion
 
-    a = SimpleNamespace(small=args.shape != "true", device=args.device, batch=args.batch or 8,
-                        src_len=args.src_len, tgt_len=args.tgt_len, train_m=2, tgt_vocab=30000)
+    a = SimpleNamespace(small=args.shape == "small", tiny=args.shape == "tiny", device=args.device,
+                        batch=args.batch or 8, src_len=args.src_len, tgt_len=args.tgt_len,
+                        train_m=1 if args.shape == "tiny" else 2, tgt_vocab=30000)
     plm, c = bench_fusion.ptm(a)
     src_fusion, tgt = bench_fusion.mbert_dictionary(c.vocab_size), bench_fusion.nmt_dictionary(a.tgt_vocab)
     step_fn, _ = bench_fusion.training_step_fn(a, plm, src_fusion, tgt)
-    return step_fn, f"deep fusion train step (all four tasks), M=2, PTM {c.num_layers} layers d={c.hidden_size} " \
+    return step_fn, f"deep fusion train step (all four tasks), M={a.train_m}, PTM {c.num_layers} layers d={c.hidden_size} " \
                     f"V={c.vocab_size}, batch {a.batch}, src {a.src_len} tgt {a.tgt_len}"
 
 
@@ -190,8 +209,9 @@ LABEL_NAMES = set()
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=CASES + ["all"], default="all")
-    p.add_argument("--shape", choices=["small", "true"], default="small")
+    p.add_argument("--case", default="all", help=f"all, or a comma list of: {', '.join(CASES)}")
+    p.add_argument("--shape", choices=["tiny", "small", "true"], default="small",
+                   help="tiny: a dry run of the script (2 layers, d=64), not a profile worth reading")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: 8 small, 2 true)")
     p.add_argument("--sentences", type=int, default=1, help="msp-beam: sentences per generate call")
     p.add_argument("--src-len", type=int, default=16)
@@ -202,7 +222,10 @@ def main(argv=None):
                    help="MSP/SGA: score only this many output pieces (0: the full vocabulary)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--compile", action="store_true")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--package-root", help="import fairseq_plm from this directory (read before anything else)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,13 +237,18 @@ def main(argv=None):
                    "beam: reorder encoder out", "beam: reorder KV cache", "MSP decoding stage (decoder)",
                    "SGA unit (alignment/denoising)", "SGA semantic encoding", "beam search total",
                    "refinement total", "fusion encoder (PTM + coordinator)",
-                   "fusion TSP (PTM over targets + negatives)", "fusion MLM (PTM over masked source)"}
-    cases = CASES if args.case == "all" else [args.case]
+                   "fusion TSP (PTM over targets + negatives)", "fusion MLM (PTM over masked source)",
+                   "optimizer step (Adam)", "backward (total)"}
+    cases = CASES if args.case == "all" else args.case.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        p.error(f"--case {args.case}: unknown {', '.join(unknown)} (choose from {', '.join(CASES)})")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     results = {}
     print(f"# python {os.path.relpath(__file__)} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
-    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; "
-          f"profile under load, relative shares only")
+    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; package "
+          f"{os.path.dirname(os.path.dirname(os.path.abspath(fairseq_plm.__file__)))}; profile under load, "
+          f"relative shares only")
     for name in cases:
         torch.manual_seed(0)
         step, what = BUILDERS[name](args)

@@ -218,13 +218,22 @@ def trim_plm(plm_dir, out_dir, corpus: Iterable[str] = (), keep_pieces: Optional
         summary.update(_check(plm_dir, out_tmp, dictionary, kept, files, check_lines))
         with open(os.path.join(out_tmp, "trim_vocab.json"), "w") as f:
             json.dump(summary, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(out_tmp):  # ordinary permissions (some writers create files 0600)
+            os.chmod(os.path.join(out_tmp, name), 0o666 & ~umask)
         os.rename(out_tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 def _dtype(plm_dir, dtype):
+    """--dtype; ``auto``: config.json's torch_dtype/dtype, else the stored dtype of the weights
+    (safetensors), else float32."""
     if dtype != "auto":
         return DTYPES[dtype]
     cfg = os.path.join(plm_dir, "config.json")
@@ -234,6 +243,14 @@ def _dtype(plm_dir, dtype):
         name = c.get("torch_dtype") or c.get("dtype")
         if name in DTYPES:
             return DTYPES[name]
+    path = os.path.join(plm_dir, "model.safetensors")
+    if os.path.exists(path):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            kinds = {f.get_slice(k).get_dtype() for k in f.keys()}
+        if len(kinds) == 1 and next(iter(kinds)) in SAFETENSORS_DTYPES:
+            return SAFETENSORS_DTYPES[kinds.pop()]
     return torch.float32
 
 

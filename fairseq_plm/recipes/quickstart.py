@@ -61,6 +61,9 @@ def main(argv=None):
     ap.add_argument("--prompt-length", type=int, default=32)
     ap.add_argument("--test-size", type=int, default=200)
     ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--output-shortlist", default="none", metavar="none|auto|FILE",
+                    help="score only the target side's pieces in training and decoding (fairseq_plm/plm/shortlist.py); "
+                         "auto: the pieces of the German training targets")
     args = ap.parse_args(argv)
     t0 = time.time()
     out = os.path.abspath(args.out)
@@ -96,7 +99,7 @@ def main(argv=None):
             "--warmup-init-lr", "1e-7", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
             "--max-tokens", "4096", "--max-update", "100000", "--stop-time-hours", args.minutes / 60,
             "--save-dir", save, "--no-epoch-checkpoints", "--cpu", "--log-format", "simple",
-            "--log-interval", "25", "--seed", "1", "--num-workers", "0",
+            "--log-interval", "25", "--seed", "1", "--num-workers", "0", "--output-shortlist", args.output_shortlist,
             log=log, show=r"train_inner|valid on|num\. (shared )?model params")
 
     say("5/6 translate the test split with fairseq-generate (beam 4, length penalty 0.0)")

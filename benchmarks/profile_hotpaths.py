@@ -75,10 +75,10 @@ def install_labels():
     label(bert.BertEncoder, "logits", "output layer (MLM head)")
     label(modules.SelfAttention, "forward", "attention (qkv, prefix, SDPA, proj)")
     label(modules.MLP, "forward", "MLP")
-    label(modules, "attention_mask", "mask construction")
-    if hasattr(modules, "build_attention_mask"):
-        label(modules, "build_attention_mask", "mask construction")
-    label(modules, "compose_padding_mask", "mask construction")
+    for mod in (modules, gpt, bert):  # the families import the mask helpers by name (after the change)
+        for fn in ("attention_mask", "additive_mask", "compose_padding_mask"):
+            if hasattr(mod, fn):
+                label(mod, fn, "mask construction")
     label(prompts.DeepPrompt, "forward", "prompt construction")
     label(msp.StagedPromptEncoder, "forward", "MSP source stages (encoder)")
     label(msp.StagedPromptEncoder, "reorder_encoder_out", "beam: reorder encoder out")

@@ -154,3 +154,18 @@ def test_torch_compile_path_gives_the_same_outputs_and_gradients():
         torch.testing.assert_close(leaves[1][0][0].grad, leaves[0][0][0].grad, atol=1e-5, rtol=1e-5)
         assert set(m.state_dict()) == set(type(m)(m.cfg).state_dict())  # checkpoints unchanged
     torch._dynamo.reset()
+
+
+def test_segmented_path_choice():
+    """CPU: always for decoding steps; accelerators: only when concatenation would copy a
+    large batch-shared prompt (checked with meta tensors: no device needed)."""
+    from fairseq_plm.plm.modules import use_segmented
+
+    def case(device, b, t=1, p=128, h=16, d=64):
+        q = torch.empty(b, h, t, d, device=device)
+        return use_segmented(q, [(torch.empty(1, h, p, d, device=device),) * 2,
+                                 (torch.empty(b, h, 20, d, device=device),) * 2])
+
+    assert case("cpu", 4) and not case("cpu", 4, t=16)
+    assert not case("meta", 4)      # batch 1, beam 4: one SDPA kernel over concatenated keys
+    assert case("meta", 256)        # batch 64, beam 4: 256 copies of a 128 x 1024 prompt avoided

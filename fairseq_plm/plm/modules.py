@@ -89,8 +89,23 @@ def cast_prefix(prefix, dtype):
     return [cast(layer) for layer in prefix]
 
 
-# decoding steps (few queries) attend over prefix segments in place: see segmented_attention
+# Decoding steps (few queries) attend over prefix segments in place (segmented_attention) where
+# that saves more than it costs: always on CPU (memory traffic dominates a step there), and on
+# accelerators once the per-row copy of a batch-shared prompt that concatenation would make is
+# large (many rows x a long prompt); below that, one SDPA kernel over concatenated keys beats the
+# extra kernel launches of the segmented computation.
 SEGMENTED_MAX_QUERIES = 8
+SEGMENTED_MIN_SHARED_COPY = 1 << 22  # elements (rows x prompt length x model dim)
+
+
+def use_segmented(q, segments):
+    b, h, t, d = q.shape
+    if t > SEGMENTED_MAX_QUERIES:
+        return False
+    if q.device.type == "cpu":
+        return True
+    shared = sum(k.size(2) for k, _ in segments if k.size(0) == 1)
+    return b > 1 and b * shared * h * d >= SEGMENTED_MIN_SHARED_COPY
 
 
 def segmented_attention(q, keys, values, mask=None):
@@ -166,7 +181,7 @@ class SelfAttention(nn.Module):
             # one (keys, values) pair, or several segments (e.g. a prompt shared by the batch,
             # then per-example activations of another stage), in order before the input's keys
             segments = prefix if isinstance(prefix, list) else [prefix]
-            if t <= SEGMENTED_MAX_QUERIES and dropout_p == 0.0:
+            if dropout_p == 0.0 and use_segmented(q, segments):
                 if attn_mask is not None and attn_mask.dtype == torch.bool:
                     attn_mask = additive_mask(attn_mask, q.dtype)
                 y = segmented_attention(q, [pk for pk, _ in segments] + [k], [pv for _, pv in segments] + [v],

@@ -69,13 +69,33 @@ def parse_args(argv=None):
     p.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
                    help="transformers attention implementation (ours always uses SDPA)")
     p.add_argument("--seed", type=int, default=1)
-    return p.parse_args(argv)
+    p.add_argument("--preset", choices=["mgpt", "xlmr-base"],
+                   help="take layers/hidden/heads/vocab of this PLM (gpt2 family: mgpt, xlmr: xlmr-base)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="both models and the inputs in this dtype")
+    p.add_argument("--compile", action="store_true", help="torch.compile our blocks (fairseq_plm.plm.speed)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.preset:
+        from fairseq_plm.plm.config import preset
+
+        c = preset(args.preset)
+        args.layers, args.hidden, args.heads, args.vocab = c.num_layers, c.hidden_size, c.num_heads, c.vocab_size
+    return args
 
 
-def same_weights(hf, path, device):
+DTYPE = torch.float32
+
+
+def same_weights(hf, path, device, compile_ours=False):
     """Save the transformers model and load it back with our loader: identical weights."""
     hf.save_pretrained(path)
-    return load_plm(path).freeze().to(device), freeze(hf).to(device)
+    ours = load_plm(path).freeze().to(device=device, dtype=DTYPE)
+    if compile_ours:
+        from fairseq_plm.plm.speed import compile_plm
+
+        compile_plm(ours)
+    return ours, freeze(hf).to(device=device, dtype=DTYPE)
 
 
 @torch.no_grad()
@@ -137,14 +157,15 @@ def bench_gpt2(args, device, tmp):
         n_layer=args.layers, n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=0, eos_token_id=0, attn_implementation=args.hf_attn,
     )
-    ours, hf = same_weights(randomize(GPT2LMHeadModel(cfg), args.seed), os.path.join(tmp, "gpt2"), device)
+    ours, hf = same_weights(randomize(GPT2LMHeadModel(cfg), args.seed), os.path.join(tmp, "gpt2"), device,
+                            args.compile)
 
     b, t, p, h, d = args.batch, args.seq_len, args.prefix_len, args.heads, args.hidden // args.heads
     gen = torch.Generator().manual_seed(args.seed + 1)
     ids = torch.randint(0, args.vocab, (b, t), generator=gen).to(device)
     positions = torch.arange(p, p + t, device=device)[None]
-    prompt0 = [(torch.randn(1, h, p, d, generator=gen).to(device),
-                torch.randn(1, h, p, d, generator=gen).to(device)) for _ in range(args.layers)]
+    prompt0 = [(torch.randn(1, h, p, d, generator=gen).to(device, DTYPE),
+                torch.randn(1, h, p, d, generator=gen).to(device, DTYPE)) for _ in range(args.layers)]
     leaves = {n: [(k.clone().requires_grad_(), v.clone().requires_grad_()) for k, v in prompt0]
               for n in ("ours", "hf")}
 
@@ -201,7 +222,7 @@ def bench_xlmr(args, device, tmp):
         attention_probs_dropout_prob=0.0, attn_implementation=args.hf_attn,
     )
     ours, hf = same_weights(randomize(XLMRobertaModel(cfg, add_pooling_layer=False), args.seed),
-                            os.path.join(tmp, "xlmr"), device)
+                            os.path.join(tmp, "xlmr"), device, args.compile)
 
     b, t, p, h, d = args.batch, args.seq_len, args.prefix_len, args.heads, args.hidden // args.heads
     gen = torch.Generator().manual_seed(args.seed + 2)
@@ -225,8 +246,8 @@ def bench_xlmr(args, device, tmp):
              f"{max_diff(embeds['ours'].grad, embeds['hf'].grad):.1e} "
              f"(max abs grad {float(embeds['hf'].grad.abs().max()):.1e})")
 
-    prompt = [(torch.randn(1, h, p, d, generator=gen).to(device).requires_grad_(),
-               torch.randn(1, h, p, d, generator=gen).to(device).requires_grad_())
+    prompt = [(torch.randn(1, h, p, d, generator=gen).to(device, DTYPE).requires_grad_(),
+               torch.randn(1, h, p, d, generator=gen).to(device, DTYPE).requires_grad_())
               for _ in range(args.layers)]
 
     def step_ours_prompt():
@@ -259,7 +280,9 @@ def bench_xlmr(args, device, tmp):
 # ------------------------------------------------------------------ main
 
 def main(argv=None):
+    global DTYPE
     args = parse_args(argv)
+    DTYPE = getattr(torch, args.dtype)
     if args.hidden % args.heads:
         sys.exit(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
     if args.threads:
@@ -277,29 +300,42 @@ def main(argv=None):
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
     print(f"# torch {torch.__version__}, transformers {transformers.__version__}, device: {dev}")
-    print(f"# fp32, eval mode, PLM frozen; forward+backward per step; {args.warmup} warm-up + "
+    print(f"# {args.dtype}{', ours compiled' if args.compile else ''}, eval mode, PLM frozen; forward+backward "
+          f"per step; {args.warmup} warm-up + "
           f"{args.repeats} timed steps each, implementations interleaved; HF attention: "
           f"{args.hf_attn}")
     shape = (f"L={args.layers} C={args.hidden} H={args.heads} T={args.seq_len} B={args.batch} "
              f"P={args.prefix_len} V={args.vocab}")
     print()
     print("| family | what gets gradients | shapes | ours median ms | HF median ms | ours/HF "
-          "| paired ours/HF median [IQR] | parity check |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| paired ours/HF median [IQR] | speed ours vs HF (HF/ours, paired; target >= 1.1x) | parity check |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    out = []
     for r in rows:
         o = statistics.median(r["ours"])
+        entry = {"family": r["family"], "mode": r["mode"], "shape": shape, "ours_ms": o, "check": r["check"]}
         if r["hf"] is None:
-            hf_ms, ratio, paired = "n/a", "n/a", "n/a"
+            hf_ms, ratio, paired, speed = "n/a", "n/a", "n/a", "n/a"
         else:
             hm = statistics.median(r["hf"])
             hf_ms, ratio = f"{hm:.2f}", f"{o / hm:.2f}"
             # runs of the same round are adjacent in time: their ratio cancels slow drift
             q1, q2, q3 = quartiles([a / b for a, b in zip(r["ours"], r["hf"])])
             paired = f"{q2:.2f} [{q1:.2f}-{q3:.2f}]"
-        print(f"| {r['family']} | {r['mode']} | {shape} | {o:.2f} | {hf_ms} | {ratio} | {paired} "
+            speed = f"{1 / q2:.2f}x"
+            entry.update(hf_ms=hm, ours_over_hf_paired=q2, speed_vs_hf=1 / q2)
+        out.append(entry)
+        print(f"| {r['family']} | {r['mode']} | {shape} | {o:.2f} | {hf_ms} | {ratio} | {paired} | {speed} "
               f"| {r['check']} |")
     print()
-    print("command: " + shlex.join(["python", os.path.relpath(__file__, os.getcwd())] + sys.argv[1:]))
+    cmd = shlex.join(["python", os.path.relpath(__file__, os.getcwd())] + (sys.argv[1:] if argv is None else argv))
+    print("command: " + cmd)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"command": cmd, "device": str(device), "dtype": args.dtype, "rows": out}, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ Systems (built in Python, the same classes fairseq-train builds):
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -62,14 +63,24 @@ SMALL = dict(ptm=dict(hidden_size=384, num_heads=6, intermediate_size=1536),
              dec=dict(decoder_embed_dim=384, decoder_ffn_embed_dim=1536, decoder_attention_heads=6),
              base=dict(encoder_embed_dim=256, decoder_embed_dim=256, encoder_ffn_embed_dim=1024,
                        decoder_ffn_embed_dim=1024, encoder_attention_heads=4, decoder_attention_heads=4))
+# --tiny: a dry run of the script (CI, gpu_check.sh --device cpu), not a measurement
+TINY = dict(ptm=dict(hidden_size=64, num_heads=4, intermediate_size=128, num_layers=2, vocab_size=21000),
+            dec=dict(decoder_embed_dim=64, decoder_ffn_embed_dim=128, decoder_attention_heads=4),
+            base=dict(encoder_embed_dim=64, decoder_embed_dim=64, encoder_ffn_embed_dim=128,
+                      decoder_ffn_embed_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
+                      encoder_layers=2, decoder_layers=2))
+
+
+def sizes(args):
+    return TINY if getattr(args, "tiny", False) else SMALL
 
 
 def ptm(args):
     """--plm value: the mbert preset, or (--small) a HF-format config.json of a half-width mBERT."""
     c = preset("mbert")
-    if not args.small:
+    if not (args.small or getattr(args, "tiny", False)):
         return "mbert", c
-    c = c.replace(**SMALL["ptm"])
+    c = c.replace(**sizes(args)["ptm"])
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump({"model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
@@ -101,8 +112,8 @@ def task_of(src, tgt):
 def build_fusion(m, plm, task, args, **flags):
     ns = Namespace(plm=plm, plm_random_init=True, plm_seed=1, plm_dropout=False, fusion_layers=m,
                    max_source_positions=1024, max_target_positions=1024, **flags)
-    if args.small:
-        for k, v in SMALL["dec"].items():
+    if args.small or getattr(args, "tiny", False):
+        for k, v in sizes(args)["dec"].items():
             setattr(ns, k, v)
     torch.manual_seed(0)
     return DeepFusionModel.build_model(ns, task).to(args.device)
@@ -110,7 +121,7 @@ def build_fusion(m, plm, task, args, **flags):
 
 def build_base(task, args):
     ns = Namespace(max_source_positions=1024, max_target_positions=1024, share_decoder_input_output_embed=True,
-                   **(SMALL["base"] if args.small else {}))
+                   **(sizes(args)["base"] if args.small or getattr(args, "tiny", False) else {}))
     transformer_wmt_en_de(ns)
     torch.manual_seed(0)
     return TransformerModel.build_model(ns, task).to(args.device)
@@ -121,10 +132,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+AUTOCAST = None  # --dtype: the forward context (bench_common.autocast)
+
+
+def forward_context():
+    return AUTOCAST() if AUTOCAST else contextlib.nullcontext()
+
+
 def timed_generate(gen, model, sample, device):
     sync(device)
     t, c = time.perf_counter(), time.thread_time()
-    with torch.no_grad():
+    with torch.no_grad(), forward_context():
         hyps = gen.generate([model], sample)
     sync(device)
     return time.perf_counter() - t, time.thread_time() - c, hyps[0][0]
@@ -166,10 +184,9 @@ def decoding(args, plm, src_fusion, src_base, tgt):
     return names, wall, cpu, out_len, params, dec_layers
 
 
-def training(args, plm, src_fusion, tgt):
-    task = task_of(src_fusion, tgt)
-    variants = {"all tasks (L_T+L_TWP+L_TSP+L_MLM)": {},
-                "translation only (--no-twp --no-tsp --no-mlm)": dict(no_twp=True, no_tsp=True, no_mlm=True)}
+def training_sample(args, src_fusion, tgt):
+    """One training batch: --batch sentences of --src-len / --tgt-len pieces, the target also
+    in the PTM's vocabulary (TSP)."""
     g = torch.Generator().manual_seed(1)
     b = args.batch
     src = torch.cat([torch.randint(200, 20000, (b, args.src_len), generator=g),
@@ -181,8 +198,34 @@ def training(args, plm, src_fusion, tgt):
     sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((b,), args.src_len + 1),
                             "prev_output_tokens": prev},
               "target": tgt_tokens, "ptm_target": ptm_target, "ntokens": b * (args.tgt_len + 1), "nsentences": b}
-    sample = {k: ({kk: vv.to(args.device) for kk, vv in v.items()} if isinstance(v, dict) else
-                  v.to(args.device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+    return {k: ({kk: vv.to(args.device) for kk, vv in v.items()} if isinstance(v, dict) else
+                v.to(args.device) if torch.is_tensor(v) else v) for k, v in sample.items()}
+
+
+def training_step_fn(args, plm, src_fusion, tgt, **flags):
+    """A zero-argument training step (criterion forward, backward, Adam) of deep fusion with
+    --train-m and ``flags`` (e.g. no_twp=True), and the model (for the profiler)."""
+    task = task_of(src_fusion, tgt)
+    sample = training_sample(args, src_fusion, tgt)
+    crit = DeepFusionLoss(task, label_smoothing=0.1)
+    model = build_fusion(args.train_m, plm, task, args, **flags).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        with forward_context():
+            loss, _, _ = crit(model, sample)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step, model
+
+
+def training(args, plm, src_fusion, tgt):
+    task = task_of(src_fusion, tgt)
+    variants = {"all tasks (L_T+L_TWP+L_TSP+L_MLM)": {},
+                "translation only (--no-twp --no-tsp --no-mlm)": dict(no_twp=True, no_tsp=True, no_mlm=True)}
+    sample = training_sample(args, src_fusion, tgt)
     crit = DeepFusionLoss(task, label_smoothing=0.1)
     runs = {}
     for name, flags in variants.items():
@@ -194,7 +237,8 @@ def training(args, plm, src_fusion, tgt):
         model, opt, _ = runs[name]
         sync(args.device)
         t, c = time.perf_counter(), time.thread_time()
-        loss, _, log = crit(model, sample)
+        with forward_context():
+            loss, _, log = crit(model, sample)
         opt.zero_grad()
         loss.backward()
         sync(args.device)
@@ -216,9 +260,11 @@ def training(args, plm, src_fusion, tgt):
     return names, wall, cpu, adam, {n: runs[n][2] for n in names}, logs
 
 
-def main():
+def main(argv=None):
+    global AUTOCAST
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="half-width shapes (same depth and structure)")
+    p.add_argument("--tiny", action="store_true", help="a dry run at toy shapes (not a measurement)")
     p.add_argument("--m", type=int, nargs="+", default=[1, 2, 4, 6], help="fusion layers per part M")
     p.add_argument("--tgt-vocab", type=int, default=30000)
     p.add_argument("--sentences", type=int, default=8)
@@ -233,19 +279,27 @@ def main():
     p.add_argument("--skip-decode", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args()
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="every forward under torch.autocast in this dtype (the PTM is trained: weights stay fp32)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.dtype != "float32":
+        AUTOCAST = lambda: torch.autocast(args.device.split(":")[0], dtype=getattr(torch, args.dtype))  # noqa: E731
     torch.set_num_threads(args.threads)
+    result = {"command": " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["bench_fusion.py", *argv])),
+              "device": args.device, "dtype": args.dtype, "decoding": [], "training": []}
     on_cpu = not args.device.startswith("cuda")
     plm, c = ptm(args)
     src_fusion, tgt = mbert_dictionary(c.vocab_size), nmt_dictionary(args.tgt_vocab)
     src_base = nmt_dictionary(args.tgt_vocab)
     omp = os.environ.get("OMP_NUM_THREADS")
-    print(f"# {'OMP_NUM_THREADS=' + omp + ' ' if omp else ''}python "
-          + " ".join(shlex.quote(a) for a in sys.argv))
-    dec = SMALL["dec"]["decoder_embed_dim"] if args.small else 768
-    base = SMALL["base"]["encoder_embed_dim"] if args.small else 512
-    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; PTM "
-          f"{'mBERT-shaped, half width' if args.small else 'mBERT (preset)'}: {c.num_layers} layers, "
+    print(f"# {'OMP_NUM_THREADS=' + omp + ' ' if omp else ''}python {result['command']}")
+    reduced = args.small or args.tiny
+    dec = sizes(args)["dec"]["decoder_embed_dim"] if reduced else 768
+    base = sizes(args)["base"]["encoder_embed_dim"] if reduced else 512
+    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.dtype}; PTM "
+          f"{'tiny (dry run)' if args.tiny else 'mBERT-shaped, half width' if args.small else 'mBERT (preset)'}: "
+          f"{c.num_layers} layers, "
           f"d={c.hidden_size}, {c.num_heads} heads, FFN {c.intermediate_size}, vocab {c.vocab_size}; fusion "
           f"decoder d={dec}; Transformer-base d={base}; target vocab {args.tgt_vocab}; random weights")
 
@@ -268,6 +322,8 @@ def main():
             pp = "1.00x" if n == ref else paper.get(int(n.split("M")[1]), "-")
             print(f"| {n} | {layers[n]} | {params[n] / 1e6:.1f}M | {statistics.mean(out_len[n]):.1f} | "
                   f"{med(wall, n):.1f} | {med(cpu, n) if on_cpu else float('nan'):.1f} | {sp:.2f}x | {spc} | {pp} |")
+            result["decoding"].append({"system": n, "decoder_layers": layers[n], "params": params[n],
+                                       "wall_ms": med(wall, n), "speedup_vs_transformer_base": sp})
 
     if not args.skip_train:
         names, wall, cpu, adam, trained, logs = training(args, plm, src_fusion, tgt)
@@ -286,8 +342,15 @@ def main():
             da = f"{statistics.median(adam[n]) * 1000:.0f}" if on_cpu else "-"
             print(f"| {n} | {trained[n] / 1e6:.1f}M | {w:.0f} | {cc if on_cpu else float('nan'):.0f} | {da} | {rw:.2f}x | "
                   f"{rc} | {terms} |")
+            result["training"].append({"objective": n, "trained_params": trained[n], "wall_ms": w,
+                                       "relative_wall": rw})
     if args.device.startswith("cuda"):
-        print(f"# peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        print(f"# peak GPU memory: {result['peak_gpu_mib']:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
 
 
 if __name__ == "__main__":

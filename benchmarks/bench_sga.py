@@ -29,6 +29,8 @@ length is fixed by the source (--upsample-ratio x |x|, 2 x 20 = 40 slots by defa
 Implementations are interleaved sentence by sentence (the order rotates), medians reported.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_sga.py                  # ~2 min on CPU, 1 thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_sga.py --preset xlmr-base --sentences 2 --repeats 1 \
+        --output-shortlist 30000                                      # + rows with an output shortlist
     python benchmarks/bench_sga.py --preset xlmr-base --device cuda    # true XLM-R base shapes
     python benchmarks/bench_sga.py --preset xlmr-large --device cuda   # = mGPT's shape for the GPT
 """
@@ -53,6 +55,7 @@ from fairseq_plm.plm.config import preset  # noqa: E402
 from fairseq_plm.plm.frozen import fingerprint  # noqa: E402
 from fairseq_plm.plm.gpt import GPT  # noqa: E402
 from fairseq_plm.plm.vocab import PLMDictionary  # noqa: E402
+from bench_common import add_common_args, autocast, prepare_plm, random_shortlist, sync, write_json  # noqa: E402
 
 
 def shapes(args):
@@ -74,6 +77,7 @@ def build_sga(c, args):
                       pad=1, eos=2, unk=3, bos=0, mask=v - 1, kind="xlmr")
     plm = BertEncoder(c).init_random(1).freeze()
     plm.fingerprint = fingerprint(plm)
+    prepare_plm(plm, args)
     torch.manual_seed(0)
     model = SGAModel.from_plm(SGAConfig(plm="(benchmark)", prompt_length=args.prompt_length), plm, d)
     return model.to(args.device).eval(), d
@@ -84,6 +88,7 @@ def build_msp(c, args):
     d = PLMDictionary(["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, v)], pad=0, eos=1, unk=2, bos=1)
     plm = GPT(c).init_random(1).freeze()
     plm.fingerprint = fingerprint(plm)
+    prepare_plm(plm, args)
     torch.manual_seed(0)
     cfg = MSPConfig(plm="(benchmark)", prompt_length=args.prompt_length)  # 1 re-encoding stage: 3 stages
     model = MSPModel(MSPModel.build_encoder(cfg, d, plm), PrefixConditionedDecoder(d, plm))
@@ -102,24 +107,31 @@ def net_input(x, eos, device):
     return {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([src.size(1)], device=device)}}
 
 
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed(gen, model, sample, device):
     """(wall seconds, CPU seconds of this thread, best hypothesis). With one intra-op thread
     every CPU op runs in this thread, so its CPU time is the compute without the time the
     process waited for a core (robust to other jobs on the machine); on CUDA it is meaningless."""
     sync(device)
     t, c = time.perf_counter(), time.thread_time()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(ARGS):
         hyps = gen.generate([model], sample)
     sync(device)
     return time.perf_counter() - t, time.thread_time() - c, hyps[0][0]
 
 
-def main():
+ARGS = None
+
+
+def set_shortlist(model, shortlist):
+    """Switch a model's output layer between the full vocabulary (None) and a shortlist."""
+    if isinstance(model, SGAModel):
+        model.output_shortlist = shortlist
+    else:
+        model.decoder.output_shortlist = shortlist
+
+
+def main(argv=None):
+    global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["xlmr-base", "xlmr-large"],
                    help="true XLM-R shapes for both backbones (xlmr-large = mGPT's 24 layers, d=1024, 16 heads)")
@@ -135,28 +147,47 @@ def main():
     p.add_argument("--max-iter", type=int, default=10, help="sga-adaptive: at most this many denoising loops")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5, help="passes over the sentences")
+    p.add_argument("--output-shortlist", type=int, default=0, metavar="K",
+                   help="also time msp-beam4, sga-fixed-K and sga-no-denoise with an output shortlist of K pieces")
+    p.add_argument("--skip-adaptive", action="store_true", help="leave out sga-adaptive (saves time)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args()
+    add_common_args(p)
+    args = ARGS = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     enc_cfg, gpt_cfg = shapes(args)
     sga, sga_dict = build_sga(enc_cfg, args)
     msp, msp_dict = build_msp(gpt_cfg, args)
     k = args.denoise_loops
-    systems = {  # name -> (generator, model, eos of its dictionary)
+    systems = {  # name -> (generator, model, eos of its dictionary, output shortlist or None)
         "msp-beam4": (SequenceGenerator([msp], msp_dict, beam_size=args.beam, max_len_a=0, max_len_b=args.tgt_len,
-                                        min_len=args.tgt_len), msp, msp_dict.eos()),
+                                        min_len=args.tgt_len), msp, msp_dict.eos(), None),
         f"sga-fixed-{k}": (IterativeRefinementGenerator(sga_dict, models=[sga], max_iter=k, adaptive=False),
-                           sga, sga_dict.eos()),
+                           sga, sga_dict.eos(), None),
         "sga-adaptive": (IterativeRefinementGenerator(sga_dict, models=[sga], max_iter=args.max_iter), sga,
-                         sga_dict.eos()),
-        "sga-no-denoise": (IterativeRefinementGenerator(sga_dict, models=[sga], max_iter=0), sga, sga_dict.eos()),
+                         sga_dict.eos(), None),
+        "sga-no-denoise": (IterativeRefinementGenerator(sga_dict, models=[sga], max_iter=0), sga, sga_dict.eos(),
+                           None),
     }
+    if args.skip_adaptive:
+        del systems["sga-adaptive"]
+    sl = {}
+    if args.output_shortlist:
+        sl["msp"] = random_shortlist(msp_dict, args.output_shortlist).to(args.device)
+        sl["sga"] = random_shortlist(sga_dict, args.output_shortlist, [sga.blank]).to(args.device)
+        for name in ("msp-beam4", f"sga-fixed-{k}", "sga-no-denoise"):
+            gen, model, eos, _ = systems[name]
+            systems[f"{name}+SL"] = (gen, model, eos, sl["msp" if name.startswith("msp") else "sga"])
     names = list(systems)
     rows = sentences(args, enc_cfg.vocab_size)
+
+    def run(name, x):
+        gen, model, eos, shortlist = systems[name]
+        set_shortlist(model, shortlist)
+        return timed(gen, model, net_input(x, eos, args.device), args.device)
+
     for name in names:  # warm-up
-        gen, model, eos = systems[name]
-        timed(gen, model, net_input(rows[0], eos, args.device), args.device)
+        run(name, rows[0])
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
     out_len = {n: [] for n in names}
@@ -167,8 +198,7 @@ def main():
             order = names[turn % len(names):] + names[:turn % len(names)]  # rotate: every system in every slot
             turn += 1
             for name in order:
-                gen, model, eos = systems[name]
-                dt, dc, hyp = timed(gen, model, net_input(x, eos, args.device), args.device)
+                dt, dc, hyp = run(name, x)
                 wall[name].append(dt)
                 cpu[name].append(dc)
                 n = len(hyp["tokens"])
@@ -187,16 +217,18 @@ def main():
         s = f"wall {paired(wall, a, b):.2f}x"
         return s + (f", CPU time {med(cpu, a) / med(cpu, b):.2f}x" if on_cpu else "")
 
-    cmd = " ".join(shlex.quote(a) for a in sys.argv)
+    cmd = " ".join(shlex.quote(a) for a in (sys.argv if argv is None else ["bench_sga.py", *argv]))
     omp = os.environ.get("OMP_NUM_THREADS")
     print(f"# {'OMP_NUM_THREADS=' + omp + ' ' if omp else ''}python {cmd}")
-    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}; backbones "
+    print(f"# torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.dtype}"
+          f"{', compiled' if args.compile else ''}; backbones "
           f"{enc_cfg.num_layers} layers, d={enc_cfg.hidden_size}, {enc_cfg.num_heads} heads, FFN "
           f"{enc_cfg.intermediate_size}, vocab {enc_cfg.vocab_size} (SGA: XLM-R-layout encoder, MSP: GPT), random "
           f"weights; prompt length {args.prompt_length}; batch size 1; {args.sentences} sentences x "
           f"{args.repeats} passes, src {args.src_len} tokens (+ </s>); MSP: beam {args.beam}, exactly "
           f"{args.tgt_len} target tokens; SGA: CTC canvas {sga.cfg.upsample_ratio * args.src_len} slots; "
-          f"medians over sentences x passes")
+          f"medians over sentences x passes" + (f"; +SL: output shortlist of {args.output_shortlist} pieces"
+                                                if args.output_shortlist else ""))
     print("| system | forward passes per sentence | denoising loops run (mean) | output tokens (mean) "
           "| wall ms/sentence | CPU ms/sentence | speed-up vs msp-beam4 (wall: paired median; CPU time) |")
     print("|---|---|---|---|---|---|---|")
@@ -204,19 +236,39 @@ def main():
               f"sga-fixed-{k}": f"encoding + alignment + {k} denoising (fixed, adaptive=False)",
               "sga-adaptive": f"encoding + alignment + <= {args.max_iter} denoising (adaptive)",
               "sga-no-denoise": "encoding + alignment (max_iter=0)"}
+    result = {"command": cmd, "device": args.device, "dtype": args.dtype, "rows": [], "ratios": {}}
     for n in names:
         lp = "-" if n.startswith("msp") else f"{statistics.mean(loops[n]):.2f}"
         c = f"{med(cpu, n):.2f}" if on_cpu else "-"
-        print(f"| {n} | {passes[n]} | {lp} | {statistics.mean(out_len[n]):.1f} | {med(wall, n):.2f} | {c} | "
-              f"{ratio('msp-beam4', n)} |")
+        base = "msp-beam4+SL" if n.endswith("+SL") else "msp-beam4"
+        print(f"| {n} | {passes[n.replace('+SL', '')]} | {lp} | {statistics.mean(out_len[n]):.1f} | "
+              f"{med(wall, n):.2f} | {c} | {ratio(base, n)} |")
+        result["rows"].append({"system": n, "wall_ms": med(wall, n), "cpu_ms": med(cpu, n) if on_cpu else None,
+                               "speedup_vs_msp_wall": paired(wall, base, n)})
     print(f"| **SGA ({k} denoising loops) vs MSP beam {args.beam}: speed-up** | | | | | | "
           f"**{ratio('msp-beam4', f'sga-fixed-{k}')}** (target >= 5x; paper 3.0/0.2 = 15x) |")
+    result["ratios"]["sga/msp speed-up (full)"] = paired(wall, "msp-beam4", f"sga-fixed-{k}")
+    if args.output_shortlist:
+        print(f"| **SGA ({k} loops) vs MSP beam {args.beam}, both with the shortlist: speed-up** | | | | | | "
+              f"**{ratio('msp-beam4+SL', f'sga-fixed-{k}+SL')}** (target >= 5x) |")
+        print(f"| **shortlist speed-up: sga-fixed-{k} / sga-fixed-{k}+SL** | | | | | | "
+              f"**{ratio(f'sga-fixed-{k}', f'sga-fixed-{k}+SL')}** |")
+        print(f"| **shortlist speed-up: msp-beam4 / msp-beam4+SL** | | | | | | "
+              f"**{ratio('msp-beam4', 'msp-beam4+SL')}** |")
+        result["ratios"]["sga/msp speed-up (shortlist)"] = paired(wall, "msp-beam4+SL", f"sga-fixed-{k}+SL")
+        result["ratios"]["shortlist speed-up (sga)"] = paired(wall, f"sga-fixed-{k}", f"sga-fixed-{k}+SL")
+        result["ratios"]["shortlist speed-up (msp)"] = paired(wall, "msp-beam4", "msp-beam4+SL")
     print(f"| **denoising cost: sga-fixed-{k} / sga-no-denoise** | | | | | | "
           f"**{ratio(f'sga-fixed-{k}', 'sga-no-denoise')}** slower (paper 6.8/3.0 = 2.27x) |")
-    print(f"| **denoising cost: sga-adaptive / sga-no-denoise** | | | | | | "
-          f"**{ratio('sga-adaptive', 'sga-no-denoise')}** slower |")
+    result["ratios"]["denoising cost"] = paired(wall, f"sga-fixed-{k}", "sga-no-denoise")
+    if "sga-adaptive" in systems:
+        print(f"| **denoising cost: sga-adaptive / sga-no-denoise** | | | | | | "
+              f"**{ratio('sga-adaptive', 'sga-no-denoise')}** slower |")
     if args.device.startswith("cuda"):
-        print(f"# peak GPU memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        print(f"# peak GPU memory: {result['peak_gpu_mib']:.0f} MiB")
+    write_json(args.json, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import argparse
 import os
 import sys
 
-from ..plm.errors import FairseqPLMError
+from ..plm.errors import FairseqPLMError, command
 
 
+@command("fairseq-plm-export")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fairseq-plm-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from ..plm.errors import FairseqPLMError
+from ..plm.errors import FairseqPLMError, command
 
 # the methods of this package and the PLM families they take (models/*.py build_model)
 METHODS = (
@@ -167,6 +167,7 @@ def checkpoint_rows(path, state, plm=None):
     return rows, match
 
 
+@command("fairseq-plm-inspect")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fairseq-plm-inspect", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,

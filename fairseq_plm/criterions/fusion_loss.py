@@ -60,7 +60,8 @@ class DeepFusionLoss(FairseqCriterion):
         net = sample["net_input"]
         out = model(**net, tgt_tokens=sample["target"], ptm_target=sample.get("ptm_target"))
         target = sample["target"]
-        ntokens = int(target.ne(self.padding_idx).sum())
+        # the collater's count (an int): no device synchronisation per step
+        ntokens = sample.get("ntokens") or int(target.ne(self.padding_idx).sum())
         if isinstance(out, dict):  # non-autoregressive: named terms, means (fairseq nat_loss style)
             aux = out.pop("auxiliary", {})
             translation, nll = 0.0, None
@@ -77,12 +78,14 @@ class DeepFusionLoss(FairseqCriterion):
                 lprobs.view(-1, lprobs.size(-1)), target.view(-1, 1), self.eps, ignore_index=self.padding_idx)
             sample_size = target.size(0) if self.sentence_avg else ntokens
         total = translation
-        log = {"translation-loss": translation.detach().item()}
+        # logged values stay tensors (as in fairseq's own criterions): no .item() per term, so the
+        # step does not wait for the device four or five times; fairseq reduces them once per log
+        log = {"translation-loss": translation.detach()}
         for name, loss in auxiliary_losses(aux).items():
             total = total + sample_size * loss
-            log[f"{name}-loss"] = sample_size * loss.detach().item()
+            log[f"{name}-loss"] = sample_size * loss.detach()
         logging_output = {
-            "loss": total.detach().item(), "nll_loss": nll_sum.detach().item(), "ntokens": ntokens,
+            "loss": total.detach(), "nll_loss": nll_sum.detach(), "ntokens": ntokens,
             "nsentences": target.size(0), "sample_size": sample_size, **log,
         }
         return total, sample_size, logging_output

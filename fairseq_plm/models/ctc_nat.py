@@ -27,10 +27,11 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 
 from ..nat.ctc import NEVER, ctc_blank, ctc_collapse_in_place
 from ..nat.refinement import lengths_to_mask
+from ..plm.shortlist import SHORTLIST_HELP, build_output_shortlist
 
 
 class CTCNATDecoder(FairseqDecoder):
-    def __init__(self, cfg, dictionary, embed_tokens, upsample_ratio):
+    def __init__(self, cfg, dictionary, embed_tokens, upsample_ratio, output_shortlist=None):
         super().__init__(dictionary)
         d = cfg.decoder.embed_dim
         self.ratio = upsample_ratio
@@ -49,6 +50,18 @@ class CTCNATDecoder(FairseqDecoder):
         forbidden = {dictionary.pad(), dictionary.eos(), dictionary.bos()} - {self.blank}
         self.register_buffer("forbidden", torch.tensor(sorted(forbidden)), persistent=False)
         self.max_target_positions = cfg.max_target_positions
+        # plm/shortlist.py: score only these pieces (None: the whole vocabulary); forward()
+        # then returns log-probabilities over shortlist positions
+        self.output_shortlist = output_shortlist
+
+    def output_index(self, ids):
+        """Vocabulary ids -> indices into forward()'s last dimension."""
+        sl = self.output_shortlist
+        return ids if sl is None else sl.to_positions(ids, self.dictionary.unk())
+
+    def output_ids(self, index):
+        """Indices into forward()'s last dimension -> vocabulary ids."""
+        return index if self.output_shortlist is None else self.output_shortlist.to_ids(index)
 
     def canvas_mask(self, encoder_out):
         """[B, r*S]: True on the r x |x| decoder positions of each sentence."""
@@ -72,8 +85,12 @@ class CTCNATDecoder(FairseqDecoder):
             x, _, _ = layer(x, encoder_out["encoder_out"][0], src_pad, self_attn_padding_mask=~canvas_mask)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        logits = F.linear(x.transpose(0, 1), self.output_weight).float()
-        logits = logits.index_fill(-1, self.forbidden, NEVER)
+        x = x.transpose(0, 1)
+        if self.output_shortlist is None:
+            logits = F.linear(x, self.output_weight).float()
+        else:
+            logits = self.output_shortlist.logits(x, self.output_weight).float()
+        logits = logits.index_fill(-1, self.output_index(self.forbidden), NEVER)
         return F.log_softmax(logits, dim=-1), canvas_mask
 
     def max_positions(self):
@@ -89,6 +106,7 @@ class CTCNATModel(FairseqEncoderDecoderModel):
         TransformerModel.add_args(parser)
         parser.add_argument("--upsample-ratio", type=int, metavar="R",
                             help="decoder length = R x source length (Libovický & Helcl: 2)")
+        parser.add_argument("--output-shortlist", default="none", metavar="none|auto|FILE", help=SHORTLIST_HELP)
 
     @classmethod
     def build_model(cls, args, task):
@@ -104,7 +122,10 @@ class CTCNATModel(FairseqEncoderDecoderModel):
         else:
             tgt_embed = TransformerModelBase.build_embedding(cfg, tgt_dict, cfg.decoder.embed_dim)
         encoder = TransformerEncoderBase(cfg, src_dict, src_embed)
-        decoder = CTCNATDecoder(cfg, tgt_dict, tgt_embed, args.upsample_ratio)
+        shortlist = build_output_shortlist(getattr(args, "output_shortlist", "none"), tgt_dict, task.cfg.data,
+                                           task.cfg.source_lang, task.cfg.target_lang,
+                                           extra_specials=[ctc_blank(tgt_dict)])
+        decoder = CTCNATDecoder(cfg, tgt_dict, tgt_embed, args.upsample_ratio, shortlist)
         return cls(encoder, decoder)
 
     @property
@@ -121,8 +142,10 @@ class CTCNATModel(FairseqEncoderDecoderModel):
         lprobs, canvas_mask = self.decoder(enc)
         eos, pad = self.decoder.dictionary.eos(), self.decoder.pad
         target = tgt_tokens.masked_fill(tgt_tokens.eq(eos), pad)
+        blank = int(self.decoder.output_index(torch.tensor(self.blank, device=target.device)))
         return {"ctc": {"ctc": True, "lprobs": lprobs, "input_mask": canvas_mask,
-                        "targets": target, "target_mask": target.ne(pad)}}
+                        "targets": self.decoder.output_index(target), "target_mask": target.ne(pad),
+                        "blank": blank}}
 
     # IterativeRefinementGenerator contract: one step, then a fixed point
     def forward_encoder(self, encoder_inputs):
@@ -141,7 +164,8 @@ class CTCNATModel(FairseqEncoderDecoderModel):
             return decoder_out
         lprobs, canvas_mask = self.decoder(encoder_out)
         scores, tokens = lprobs.max(dim=-1)
-        out, _, scores = ctc_collapse_in_place(tokens, self.blank, self.decoder.pad, canvas_mask, scores)
+        out, _, scores = ctc_collapse_in_place(self.decoder.output_ids(tokens), self.blank, self.decoder.pad,
+                                               canvas_mask, scores)
         history = None if decoder_out.history is None else decoder_out.history + [out.clone()]
         return decoder_out._replace(output_tokens=out, output_scores=scores, history=history)
 

@@ -428,8 +428,10 @@ class DeepFusionCMLMModel(FusionModelMixin, CMLMNATransformerModel):
         length_tgt = self.decoder.forward_length_prediction(length_out, encoder_out, target)
         logits = self.decoder(normalize=False, prev_output_tokens=target.masked_fill(masked, self.unk),
                               encoder_out=encoder_out)
+        # the loss reads the masked positions only: normalize those alone (not all |y| positions)
         terms = {
-            "word_ins": {"lprobs": F.log_softmax(logits.float(), dim=-1), "targets": target, "mask": masked},
+            "word_ins": {"lprobs": F.log_softmax(logits[masked].float(), dim=-1), "targets": target[masked],
+                         "mask": None},
             "length": {"lprobs": F.log_softmax(length_out.float(), dim=-1), "targets": length_tgt, "mask": None,
                        "factor": self.decoder.length_loss_factor, "no_smoothing": True},
         }

@@ -29,14 +29,16 @@ from fairseq.models import (FairseqEncoder, FairseqEncoderDecoderModel, FairseqI
                             register_model, register_model_architecture)
 
 from ..plm.errors import FairseqPLMError
-from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
+from ..plm.frozen import FrozenPLMMixin, build_task_plm
 from ..plm.prompts import DeepPrompt, EmbeddingPrompt, MLPDeepPrompt
+from ..plm.shortlist import build_output_shortlist, normalized_probs
+from ..plm.speed import FastPromptArgs, maybe_compile
 
 
 # ------------------------------------------------------------------------------ configs
 
 @dataclass
-class MSPConfig(PromptArgs):
+class MSPConfig(FastPromptArgs):
     reencoding_stages: int = field(
         default=1, metadata={"help": "number of re-encoding stages: 0 = two-stage (encoding/decoding), "
                                      "1 = MSP default, 2 = '+2nd re-encoding' (Table 5)"})
@@ -50,12 +52,12 @@ class MSPConfig(PromptArgs):
 
 
 @dataclass
-class PrefixTuningConfig(PromptArgs):
+class PrefixTuningConfig(FastPromptArgs):
     prefix_mlp_dim: int = field(default=512, metadata={"help": "hidden size of the reparameterization MLP"})
 
 
 @dataclass
-class PromptTuningConfig(PromptArgs):
+class PromptTuningConfig(FastPromptArgs):
     pass
 
 
@@ -101,17 +103,19 @@ class StagedPromptEncoder(FairseqEncoder):
             n = v.size(1)
             pos = torch.cat([torch.arange(n, device=src_tokens.device)[None].expand(b, -1), positions + n], dim=1)
             mask = torch.cat([pad.new_zeros(b, n), pad], dim=1)
-            h = self.plm(inputs_embeds=x, padding_mask=mask, position_ids=pos, use_cache=True).cache.layers
+            h = self.plm(inputs_embeds=x, padding_mask=mask, position_ids=pos, cache_only=True).cache.layers
             return self._output(None, h, mask, keep.sum(dim=1) + n)
         stages = len(self._stage_index)
+        # Source stages keep only their keys/values (cache_only: the top layer's attention
+        # output, MLP and final LayerNorm would be discarded, so they are not computed).
         # Encoding stage, Eq. (4): H_e = f_LM(X, P_e)
         prompt = self.stage_prompt(0)()
-        h = self.plm(src_tokens, prefix=prompt, padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
+        h = self.plm(src_tokens, prefix=prompt, padding_mask=pad, position_ids=positions, cache_only=True).cache.layers
         # Re-encoding stages, Eq. (5): H_r = f_LM(X, [P_r; H_e]); positions restart at 0
         for i in range(1, stages - 1):
             prompt = self.stage_prompt(i)()
             h = self.plm(src_tokens, prefix=_prefix(prompt, h), prefix_padding_mask=_prefix_mask(prompt, pad),
-                         padding_mask=pad, position_ids=positions, use_cache=True).cache.layers
+                         padding_mask=pad, position_ids=positions, cache_only=True).cache.layers
         # Decoding stage's prefix, Eq. (6): [P_d; H_r] (single-stage: [P; H_e] with the same P)
         prompt = self.stage_prompt(stages - 1)()
         offset = keep.sum(dim=1) if self.single_stage else keep.new_zeros(b)
@@ -120,13 +124,25 @@ class StagedPromptEncoder(FairseqEncoder):
     @staticmethod
     def _output(prompt, h, mask, offset):
         """The decoder's prefix: prompt segment (batch 1, not reordered by beam search) and
-        per-example activations; the padding mask covers both."""
-        return {"prompt_keys": [] if prompt is None else [k for k, _ in prompt],
-                "prompt_values": [] if prompt is None else [v for _, v in prompt],
+        per-example activations; the padding mask covers both. The prompt is converted to the
+        activations' dtype here, once per batch (under --amp: fp16), not at every decoding step.
+        ``sentence_ids`` lets beam search skip copying rows that did not change."""
+        dtype = h[0][0].dtype
+        return {"prompt_keys": [] if prompt is None else [k.to(dtype) for k, _ in prompt],
+                "prompt_values": [] if prompt is None else [v.to(dtype) for _, v in prompt],
                 "src_keys": [k for k, _ in h], "src_values": [v for _, v in h],
-                "prefix_padding_mask": [mask], "target_offset": [offset]}
+                "prefix_padding_mask": [mask], "target_offset": [offset],
+                "sentence_ids": [torch.arange(mask.size(0), device=mask.device)]}
 
     def reorder_encoder_out(self, encoder_out, new_order):
+        """Beam search reorders rows at every step, but the source side of all beams of one
+        sentence is the same: unless the reorder moves rows across sentences (the first
+        expansion to beams, or finished sentences leaving the batch), nothing is copied."""
+        ids = encoder_out.get("sentence_ids")
+        if ids:
+            moved = ids[0].index_select(0, new_order)
+            if moved.shape == ids[0].shape and torch.equal(moved, ids[0]):
+                return dict(encoder_out)
         return {k: (v if k.startswith("prompt_") else [t.index_select(0, new_order) for t in v])
                 for k, v in encoder_out.items()}
 
@@ -139,10 +155,11 @@ class PrefixConditionedDecoder(FairseqIncrementalDecoder):
     """Decoding stage: the frozen PLM continues behind the encoder's prefix, Eq. (6); output
     probabilities through the tied embedding, Eq. (3)/(7). KV cache in fairseq's incremental state."""
 
-    def __init__(self, dictionary, plm):
+    def __init__(self, dictionary, plm, output_shortlist=None):
         super().__init__(dictionary)
         self.plm = plm
         self.padding_idx = dictionary.pad()
+        self.output_shortlist = output_shortlist  # plm/shortlist.py; None: the full vocabulary
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
         cache = None
@@ -162,8 +179,25 @@ class PrefixConditionedDecoder(FairseqIncrementalDecoder):
                        cache=cache, use_cache=incremental_state is not None)
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "cache", out.cache)
-        x = out.hidden if features_only else self.plm.logits(out.hidden)
-        return x, {"attn": [None], "inner_states": None}
+        extra = {"attn": [None], "inner_states": None}
+        if features_only:
+            return out.hidden, extra
+        if self.output_shortlist is not None:
+            # scores over the shortlist; beam search (incremental) gets full-vocabulary
+            # log-probabilities from get_normalized_probs, training gets the shortlist's
+            extra["output_shortlist"] = self.output_shortlist
+            extra["full_vocab"] = incremental_state is not None
+        return self.plm.logits(out.hidden, self.output_shortlist), extra
+
+    def get_normalized_probs(self, net_output, log_probs, sample=None):
+        """Over the shortlist for the training criterion (targets mapped by the model's
+        get_targets); over the full vocabulary (-inf outside the shortlist) for beam search
+        and for fairseq's reference scorer (which passes ``sample``)."""
+        extra = net_output[1] if len(net_output) > 1 else None
+        shortlist = extra.get("output_shortlist") if isinstance(extra, dict) else None
+        if shortlist is None:
+            return super().get_normalized_probs(net_output, log_probs, sample)
+        return normalized_probs(net_output[0], shortlist, log_probs, extra.get("full_vocab") or sample is not None)
 
     def reorder_incremental_state(self, incremental_state, new_order):
         cache = self.get_incremental_state(incremental_state, "cache")
@@ -185,9 +219,20 @@ class PromptedGPTModel(FrozenPLMMixin, FairseqEncoderDecoderModel):
 
     @classmethod
     def build_model(cls, cfg, task):
-        plm = build_task_plm(cfg, task, ("gpt2",), f"{cls.__name__} needs a causal GPT")
+        plm = maybe_compile(build_task_plm(cfg, task, ("gpt2",), f"{cls.__name__} needs a causal GPT"), cfg)
         encoder = cls.build_encoder(cfg, task.source_dictionary, plm)
-        return cls(encoder, PrefixConditionedDecoder(task.target_dictionary, plm))
+        tgt = task.target_dictionary
+        shortlist = build_output_shortlist(getattr(cfg, "output_shortlist", "none"), tgt, task.cfg.data,
+                                           task.cfg.source_lang, task.cfg.target_lang)
+        return cls(encoder, PrefixConditionedDecoder(tgt, plm, shortlist))
+
+    def get_targets(self, sample, net_output):
+        """Targets as shortlist positions when the decoder scored a shortlist (training)."""
+        target = sample["target"]
+        extra = net_output[1] if len(net_output) > 1 else None
+        if isinstance(extra, dict) and extra.get("output_shortlist") is not None and not extra.get("full_vocab"):
+            return extra["output_shortlist"].to_positions(target, self.decoder.dictionary.unk())
+        return target
 
     def max_positions(self):
         return (self.encoder.max_positions(), self.decoder.max_positions())

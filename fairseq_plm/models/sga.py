@@ -50,13 +50,15 @@ from ..nat.refinement import (deletion_repetition_noise, lengths_to_mask, lowest
                               random_target_mask, upsample_by_duplication)
 from ..plm.config import preset
 from ..plm.errors import FairseqPLMError
-from ..plm.frozen import FrozenPLMMixin, PromptArgs, build_task_plm
+from ..plm.frozen import FrozenPLMMixin, build_task_plm
 from ..plm.prompts import DeepPrompt
+from ..plm.shortlist import build_output_shortlist
+from ..plm.speed import FastPromptArgs, maybe_compile
 from ..plm.vocab import frame, frame_source
 
 
 @dataclass
-class SGAConfig(PromptArgs):
+class SGAConfig(FastPromptArgs):
     alignment: ChoiceEnum(["ctc", "mask_predict"]) = field(
         default="ctc", metadata={"help": "alignment objective (§4.3): ctc (translation) or mask_predict "
                                          "(free generation: question/story generation)"})
@@ -134,7 +136,7 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
 
     allow_length_beam = False
 
-    def __init__(self, cfg, encoder, align_prompt, denoise_prompt, dictionary):
+    def __init__(self, cfg, encoder, align_prompt, denoise_prompt, dictionary, output_shortlist=None):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
@@ -142,6 +144,10 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         self.denoise_prompt = denoise_prompt
         self.blank = ctc_blank(dictionary)  # <mask>
         self.bos, self.eos, self.pad = dictionary.bos(), dictionary.eos(), dictionary.pad()
+        self.unk = dictionary.unk()
+        # plm/shortlist.py: the MLM head scores only these pieces (None: the whole vocabulary);
+        # unit() then returns log-probabilities over shortlist positions
+        self.output_shortlist = output_shortlist
         # never generated: framing and padding (pad also marks collapsed-away canvas slots)
         self.register_buffer("forbidden", torch.tensor(sorted({self.bos, self.eos, self.pad})), persistent=False)
 
@@ -167,10 +173,13 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
                     f"for other PLMs")
         if cfg.upsample_ratio < 1:
             raise FairseqPLMError(f"--upsample-ratio={cfg.upsample_ratio}: expected >= 1")
-        return cls.from_plm(cfg, plm, task.target_dictionary)
+        tgt = task.target_dictionary
+        shortlist = build_output_shortlist(cfg.output_shortlist, tgt, task.cfg.data, task.cfg.source_lang,
+                                           task.cfg.target_lang, extra_specials=[ctc_blank(tgt)])
+        return cls.from_plm(cfg, maybe_compile(plm, cfg), tgt, shortlist)
 
     @classmethod
-    def from_plm(cls, cfg, plm, dictionary):
+    def from_plm(cls, cfg, plm, dictionary, output_shortlist=None):
         """The three units' parameters around an already loaded (frozen) PLM."""
         c = plm.cfg
 
@@ -180,7 +189,8 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
 
         length_classes = cfg.max_target_length if cfg.alignment == "mask_predict" else 0
         encoder = SemanticEncoder(dictionary, plm, prompt(), cfg.upsample_ratio, length_classes)  # theta_ps, W_K, W_V
-        return cls(cfg, encoder, prompt(), None if cfg.no_denoising else prompt(), dictionary)    # theta_pa, theta_pd
+        return cls(cfg, encoder, prompt(), None if cfg.no_denoising else prompt(), dictionary,    # theta_pa, theta_pd
+                   output_shortlist)
 
     def max_positions(self):
         usable = self.plm.cfg.usable_positions - 2
@@ -202,9 +212,26 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         src_pad = encoder_out["src_padding_mask"][0]
         prefix_pad = torch.cat([src_pad, src_pad.new_zeros(src_pad.size(0), p[0][0].size(2))], dim=1)
         out = self.plm(framed, prefix=prefix, prefix_padding_mask=prefix_pad, padding_mask=pad)
-        logits = self.plm.logits(out.hidden[:, 1:1 + canvas.size(1)]).float()
-        logits = logits.index_fill(-1, self.forbidden, NEVER)
+        logits = self.plm.logits(out.hidden[:, 1:1 + canvas.size(1)], self.output_shortlist).float()
+        logits = logits.index_fill(-1, self._output_index(self.forbidden), NEVER)
         return F.log_softmax(logits, dim=-1)
+
+    # ------------------------------------------------------------------ output shortlist
+    # unit() scores shortlist positions when there is a shortlist; these map between them and ids
+
+    def _output_index(self, ids):
+        """Vocabulary ids -> indices into unit()'s last dimension."""
+        sl = self.output_shortlist
+        return ids if sl is None else sl.to_positions(ids, self.unk)
+
+    def _output_ids(self, index):
+        """Indices into unit()'s last dimension -> vocabulary ids."""
+        return index if self.output_shortlist is None else self.output_shortlist.to_ids(index)
+
+    @property
+    def blank_index(self):
+        """The CTC blank as an index into unit()'s output (its id without a shortlist)."""
+        return int(self._output_index(torch.tensor(self.blank, device=self.forbidden.device)))
 
     def ctc_canvas(self, encoder_out):
         """Y_blank: r x |x| blanks per sentence (at least one)."""
@@ -214,7 +241,7 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
 
     def _collapse(self, lprobs, canvas_mask):
         scores, tokens = lprobs.max(dim=-1)
-        return ctc_collapse_in_place(tokens, self.blank, self.pad, canvas_mask, scores)
+        return ctc_collapse_in_place(self._output_ids(tokens), self.blank, self.pad, canvas_mask, scores)
 
     def _denoiser_input(self, tokens, canvas_mask):
         """In-place collapsed canvas -> denoiser input: removed slots read as blank/<mask>."""
@@ -227,32 +254,34 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         enc = self.encoder(src_tokens, src_lengths)
         target = tgt_tokens.masked_fill(tgt_tokens.eq(self.eos), self.pad)  # y without </s>
         target_mask = target.ne(self.pad)
+        # what the losses compare unit() outputs with: shortlist positions under a shortlist
+        scored_target, blank = self._output_index(target), self.blank_index
         terms = {}
         if self.cfg.alignment == "ctc":
             canvas, canvas_mask = self.ctc_canvas(enc)
             lprobs = self.unit(self.align_prompt, canvas, canvas_mask, enc)                  # Eq. (4)
             terms["align-ctc"] = {"ctc": True, "lprobs": lprobs, "input_mask": canvas_mask,
-                                  "targets": target, "target_mask": target_mask}
+                                  "targets": scored_target, "target_mask": target_mask, "blank": blank}
             if self.denoise_prompt is not None:
                 t0 = self._collapse(lprobs.detach(), canvas_mask)[0]
                 noisy_in = self._denoiser_input(t0, canvas_mask)
         else:
             masked = random_target_mask(target_mask)
             lprobs = self.unit(self.align_prompt, target.masked_fill(masked, self.blank), target_mask, enc)
-            terms["align-mask-predict"] = {"lprobs": lprobs, "targets": target, "mask": masked}
+            terms["align-mask-predict"] = {"lprobs": lprobs, "targets": scored_target, "mask": masked}
             lengths = target_mask.long().sum(dim=1).clamp(max=self.cfg.max_target_length - 1)
             terms["length"] = {"lprobs": F.log_softmax(enc["length_logits"][0].float(), dim=-1),
                                "targets": lengths, "mask": None, "factor": self.cfg.length_loss_factor,
                                "no_smoothing": True}
             if self.denoise_prompt is not None:
-                t0 = torch.where(masked, lprobs.detach().argmax(-1), target)   # the alignment's output
+                t0 = torch.where(masked, self._output_ids(lprobs.detach().argmax(-1)), target)  # the alignment's output
                 noisy_in, canvas_mask = upsample_by_duplication(t0, target_mask)
         if self.denoise_prompt is not None:
             if self.training:
                 noisy_in = deletion_repetition_noise(noisy_in, canvas_mask, self.blank, self.cfg.noise_prob)
             lprobs2 = self.unit(self.denoise_prompt, noisy_in, canvas_mask, enc)               # Eq. (6)
             terms["denoise-ctc"] = {"ctc": True, "lprobs": lprobs2, "input_mask": canvas_mask,
-                                    "targets": target, "target_mask": target_mask}
+                                    "targets": scored_target, "target_mask": target_mask, "blank": blank}
         return terms
 
     # ------------------------------------------------------------------ inference
@@ -317,8 +346,9 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         for t in range(iterations):
             masked = tokens.eq(self.blank) & canvas_mask
             lp = self.unit(self.align_prompt, tokens, canvas_mask, encoder_out)
-            lp = lp.index_fill(-1, lp.new_tensor([self.blank], dtype=torch.long), NEVER)
+            lp = lp.index_fill(-1, lp.new_tensor([self.blank_index], dtype=torch.long), NEVER)
             new_scores, new_tokens = lp.max(dim=-1)
+            new_tokens = self._output_ids(new_tokens)
             tokens = torch.where(masked, new_tokens, tokens)
             scores = torch.where(masked, new_scores, scores)
             if t + 1 < iterations:

@@ -5,9 +5,11 @@ from typing import List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import FairseqPLMError
-from .modules import ACTIVATIONS, KV, MLP, PLMOutput, PretrainedLM, SelfAttention, check_prefix, compose_padding_mask
+from .modules import (ACTIVATIONS, KV, MLP, PLMOutput, PretrainedLM, SelfAttention, additive_mask, attention_mask,
+                      cast_prefix, check_prefix, compose_padding_mask, compute_dtype)
 
 
 class BertLayer(nn.Module):
@@ -19,8 +21,8 @@ class BertLayer(nn.Module):
         self.mlp_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, prefix=None, key_padding_mask=None):
-        a, _ = self.attn(x, causal=False, prefix=prefix, key_padding_mask=key_padding_mask)
+    def forward(self, x, prefix=None, attn_mask=None):
+        a, _ = self.attn(x, prefix=prefix, attn_mask=attn_mask)
         x = self.attn_ln(x + self.dropout(a))
         x = self.mlp_ln(x + self.dropout(self.mlp(x)))
         return x
@@ -36,8 +38,13 @@ class MLMHead(nn.Module):
         self.ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, hidden, embedding_weight):
-        return self.ln(self.act(self.dense(hidden))) @ embedding_weight.t() + self.bias
+    def forward(self, hidden, embedding_weight, shortlist=None):
+        """Scores over the vocabulary [..., V], or over an ``OutputShortlist``'s pieces [..., K]
+        (the same rows of the decoder and its bias)."""
+        h = self.ln(self.act(self.dense(hidden)))
+        if shortlist is not None:
+            return shortlist.logits(h, embedding_weight, self.bias)
+        return F.linear(h, embedding_weight, self.bias)
 
 
 class BertEncoder(PretrainedLM):
@@ -58,9 +65,9 @@ class BertEncoder(PretrainedLM):
     def embed(self, input_ids):
         return self.word_embeddings(input_ids)
 
-    def logits(self, hidden):
-        """MLM scores over the vocabulary."""
-        return self.lm_head(hidden, self.word_embeddings.weight)
+    def logits(self, hidden, shortlist=None):
+        """MLM scores over the vocabulary (or over a shortlist of it, see ``MLMHead``)."""
+        return self.lm_head(hidden, self.word_embeddings.weight, shortlist)
 
     def default_position_ids(self, input_ids, padding_mask, t, device):
         cfg = self.cfg
@@ -109,9 +116,13 @@ class BertEncoder(PretrainedLM):
         x = self.drop(self.emb_ln(x))
         kpm = compose_padding_mask(b, t, x.device, prefix_len, prefix_padding_mask,
                                    None, 0, padding_mask)
+        # once per forward, shared by every layer: the mask and the prefix in the compute dtype
+        dtype = compute_dtype(x)
+        mask = additive_mask(attention_mask(t, prefix_len, 0, False, kpm, x.device), dtype)
+        prefix = cast_prefix(prefix, dtype)
         hidden_states = [x] if return_hidden_states else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, prefix=None if prefix is None else prefix[i], key_padding_mask=kpm)
+            x = layer(x, prefix=None if prefix is None else prefix[i], attn_mask=mask)
             if return_hidden_states:
                 hidden_states.append(x)
         return PLMOutput(hidden=x, hidden_states=hidden_states)

@@ -4,10 +4,11 @@ from typing import List, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import FairseqPLMError
-from .modules import (KV, MLP, KVCache, PLMOutput, PretrainedLM, SelfAttention, check_prefix,
-                      compose_padding_mask)
+from .modules import (KV, MLP, KVCache, PLMOutput, PretrainedLM, SelfAttention, additive_mask, attention_mask,
+                      cast_prefix, check_prefix, compose_padding_mask, compute_dtype)
 
 
 class GPTBlock(nn.Module):
@@ -19,12 +20,15 @@ class GPTBlock(nn.Module):
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.activation)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, prefix=None, past=None, key_padding_mask=None):
-        a, present = self.attn(self.ln_1(x), causal=True, prefix=prefix, past=past,
-                               key_padding_mask=key_padding_mask)
+    def forward(self, x, prefix=None, past=None, attn_mask=None, is_causal=False):
+        a, present = self.attn(self.ln_1(x), prefix=prefix, past=past, attn_mask=attn_mask, is_causal=is_causal)
         x = x + self.dropout(a)
         x = x + self.dropout(self.mlp(self.ln_2(x)))
         return x, present
+
+    def keys_values(self, x, past=None):
+        """The keys/values this block adds to the cache, without computing its output."""
+        return self.attn.keys_values(self.ln_1(x), past)
 
 
 class GPT(PretrainedLM):
@@ -46,9 +50,12 @@ class GPT(PretrainedLM):
     def output_embedding(self):
         return self.wte.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
 
-    def logits(self, hidden):
-        """Next-token scores from final hidden states (tied output embedding for mGPT)."""
-        return hidden @ self.output_embedding().t()
+    def logits(self, hidden, shortlist=None):
+        """Next-token scores from final hidden states (tied output embedding for mGPT); with an
+        ``OutputShortlist`` only its pieces are scored ([..., K] instead of [..., V])."""
+        if shortlist is not None:
+            return shortlist.logits(hidden, self.output_embedding())
+        return F.linear(hidden, self.output_embedding())
 
     def forward(
         self,
@@ -62,6 +69,7 @@ class GPT(PretrainedLM):
         cache: Optional[KVCache] = None,
         use_cache: bool = False,
         return_hidden_states: bool = False,
+        cache_only: bool = False,
     ) -> PLMOutput:
         """Run the LM over new tokens.
 
@@ -72,6 +80,8 @@ class GPT(PretrainedLM):
         prefix_padding_mask / padding_mask: [B, P] / [B, T], True = ignore that key.
         cache: keys/values of earlier calls (incremental decoding); with ``use_cache`` the
             returned cache holds them plus this call's.
+        cache_only: only the returned cache is wanted (implies ``use_cache``): the top block
+            computes its keys/values and stops; ``hidden`` is None.
         """
         cfg = self.cfg
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
@@ -95,20 +105,27 @@ class GPT(PretrainedLM):
         kpm = compose_padding_mask(b, t, x.device, prefix_len, prefix_padding_mask,
                                    past_mask, past_len, padding_mask)
         x = self.drop(x + self.wpe(position_ids))
+        # once per forward, shared by every layer: the mask and the prefix in the compute dtype
+        dtype = compute_dtype(x)
+        is_causal = prefix_len == 0 and past_len == 0 and kpm is None
+        mask = None if is_causal else additive_mask(
+            attention_mask(t, prefix_len, past_len, True, kpm, x.device), dtype)
+        prefix = cast_prefix(prefix, dtype)
         hidden_states = [x] if return_hidden_states else None
         presents = []
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x, present = block(
-                x,
-                prefix=None if prefix is None else prefix[i],
-                past=None if cache is None else cache.layers[i],
-                key_padding_mask=kpm,
-            )
+            layer_prefix = None if prefix is None else prefix[i]
+            past = None if cache is None else cache.layers[i]
+            if cache_only and i == last:
+                presents.append(block.keys_values(x, past))
+                break
+            x, present = block(x, prefix=layer_prefix, past=past, attn_mask=mask, is_causal=is_causal)
             presents.append(present)
             if return_hidden_states:
                 hidden_states.append(x)
         new_cache = None
-        if use_cache:
+        if use_cache or cache_only:
             if past_mask is None and padding_mask is None:
                 mask = None
             else:
@@ -117,4 +134,5 @@ class GPT(PretrainedLM):
                     padding_mask if padding_mask is not None else x.new_zeros(b, t, dtype=torch.bool),
                 ], dim=1)
             new_cache = KVCache(layers=presents, padding_mask=mask)
-        return PLMOutput(hidden=self.ln_f(x), hidden_states=hidden_states, cache=new_cache)
+        hidden = None if cache_only else self.ln_f(x)
+        return PLMOutput(hidden=hidden, hidden_states=hidden_states, cache=new_cache)

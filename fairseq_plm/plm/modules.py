@@ -4,7 +4,6 @@ Shapes: B batch, T new tokens, P prefix ("deep prompt") length, S cached (past) 
 H heads, D head dim, C = H * D model dim.
 """
 
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -17,8 +16,10 @@ KV = Tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H, L, D] each
 
 
 def gelu_new(x):
-    """GPT-2's tanh approximation of GELU."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    """GPT-2's tanh approximation of GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))):
+    torch computes exactly this formula in one fused kernel (``approximate="tanh"``) instead
+    of seven elementwise passes (and their saved activations for backward)."""
+    return F.gelu(x, approximate="tanh")
 
 
 ACTIVATIONS = {"gelu": F.gelu, "gelu_new": gelu_new, "relu": F.relu}
@@ -52,9 +53,102 @@ def attention_mask(t, prefix_len, past_len, causal, key_padding_mask, device):
     return allowed
 
 
+def compute_dtype(x):
+    """The dtype attention runs in for activations like ``x``: autocast's where it is on
+    (fp16/bf16 under ``--amp`` or CPU bf16 autocast), else x's own."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def additive_mask(allowed, dtype):
+    """A boolean attention mask (True = may attend) as an additive one (0 / -inf) in the
+    attention's dtype, built once per forward. SDPA would otherwise convert a boolean mask
+    to this form again in every layer."""
+    if allowed is None:
+        return None
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def cast_prefix(prefix, dtype):
+    """A deep prompt / stage prefix (per layer one KV or a list of KV segments) in ``dtype``,
+    converted once per forward instead of once per layer and decoding step. Returns the
+    input itself when nothing needs converting."""
+    if prefix is None:
+        return None
+    first = prefix[0] if isinstance(prefix[0], list) else [prefix[0]]
+    if all(k.dtype == dtype and v.dtype == dtype for k, v in first):
+        return prefix
+
+    def cast(layer):
+        if isinstance(layer, list):
+            return [(k.to(dtype), v.to(dtype)) for k, v in layer]
+        return layer[0].to(dtype), layer[1].to(dtype)
+
+    return [cast(layer) for layer in prefix]
+
+
+# Decoding steps (few queries) attend over prefix segments in place (segmented_attention) where
+# that saves more than it costs: always on CPU (memory traffic dominates a step there), and on
+# accelerators once the per-row copy of a batch-shared prompt that concatenation would make is
+# large (many rows x a long prompt); below that, one SDPA kernel over concatenated keys beats the
+# extra kernel launches of the segmented computation.
+SEGMENTED_MAX_QUERIES = 8
+SEGMENTED_MIN_SHARED_COPY = 1 << 22  # elements (rows x prompt length x model dim)
+
+
+def use_segmented(q, segments):
+    b, h, t, d = q.shape
+    if t > SEGMENTED_MAX_QUERIES:
+        return False
+    if q.device.type == "cpu":
+        return True
+    shared = sum(k.size(2) for k, _ in segments if k.size(0) == 1)
+    return b > 1 and b * shared * h * d >= SEGMENTED_MIN_SHARED_COPY
+
+
+def segmented_attention(q, keys, values, mask=None):
+    """softmax(q K^T / sqrt(D) + mask) V where K and V come as segments along the key axis
+    (each [B or 1, H, L_i, D]), without concatenating them. A batch-1 segment (a prompt shared
+    by the batch, MSP's P_d) is read once for all rows instead of being expanded and copied per
+    row, layer and step. Meant for few queries (incremental decoding), where concatenating the
+    keys costs more than the attention itself. ``mask``: additive [B or 1, 1, T, sum L_i]."""
+    b, h, t, d = q.shape
+    q = q * d ** -0.5
+    folded = None  # q as [H, B*T, D]: all rows' queries against one shared segment in one bmm
+    scores = []
+    for k in keys:
+        if k.size(0) == 1 and b > 1:
+            if folded is None:
+                folded = q.transpose(0, 1).reshape(h, b * t, d)
+            scores.append(torch.matmul(folded, k[0].transpose(1, 2)).view(h, b, t, -1).transpose(0, 1))
+        else:
+            scores.append(torch.matmul(q, k.transpose(2, 3)))
+    s = torch.cat(scores, dim=-1) if len(scores) > 1 else scores[0]
+    if mask is not None:
+        s = s + mask
+    w = torch.softmax(s.float(), dim=-1).to(q.dtype)
+    out, start = None, 0
+    for v in values:
+        n = v.size(2)
+        wi = w[..., start:start + n]
+        start += n
+        if v.size(0) == 1 and b > 1:
+            o = torch.matmul(wi.transpose(0, 1).reshape(h, b * t, n), v[0]).view(h, b, t, d).transpose(0, 1)
+        else:
+            o = torch.matmul(wi, v)
+        out = o if out is None else out + o
+    return out
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention whose keys/values may be extended by a per-layer prefix
-    (deep prompt or another stage's activations) and by a cache of past steps."""
+    (deep prompt or another stage's activations) and by a cache of past steps.
+
+    The mask is built once per forward by the model (``attention_mask`` -> ``additive_mask``)
+    and shared by all layers; ``is_causal`` says that plain causal attention over the input
+    alone needs no mask at all (SDPA's causal kernel)."""
 
     def __init__(self, hidden_size, num_heads, attention_dropout=0.0):
         super().__init__()
@@ -64,36 +158,54 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.attention_dropout = attention_dropout
 
-    def forward(self, x, *, causal, prefix: Optional[KV] = None, past: Optional[KV] = None,
-                key_padding_mask=None):
+    def _heads(self, z, b, t):
+        return z.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x, *, prefix: Optional[KV] = None, past: Optional[KV] = None, attn_mask=None,
+                is_causal=False):
         """Returns (output [B, T, C], present) where present = past + this call's (k, v),
-        i.e. the activations a later call can use as ``past`` (or another stage as prefix)."""
+        i.e. the activations a later call can use as ``past`` (or another stage as prefix).
+        ``attn_mask``: [B or 1, 1, T, P+S+T], additive (or boolean, True = may attend)."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
-        q, k, v = (z.view(b, t, self.num_heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        q, k, v = self._heads(q, b, t), self._heads(k, b, t), self._heads(v, b, t)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
         present = (k, v)
-        prefix_len = 0
-        if prefix is not None:
-            # one (keys, values) pair, or several segments (e.g. a prompt shared by the batch,
-            # then per-example activations of another stage), concatenated in order
-            segments = prefix if isinstance(prefix, list) else [prefix]
-            ks = [pk.expand(b, -1, -1, -1) if pk.size(0) != b else pk for pk, _ in segments]
-            vs = [pv.expand(b, -1, -1, -1) if pv.size(0) != b else pv for _, pv in segments]
-            prefix_len = sum(pk.size(2) for pk in ks)
-            k = torch.cat([pk.to(k.dtype) for pk in ks] + [k], dim=2)
-            v = torch.cat([pv.to(v.dtype) for pv in vs] + [v], dim=2)
-        past_len = 0 if past is None else past[0].size(2)
         dropout_p = self.attention_dropout if self.training else 0.0
-        if causal and prefix_len == 0 and past_len == 0 and key_padding_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if prefix is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                               is_causal=is_causal and attn_mask is None)
         else:
-            mask = attention_mask(t, prefix_len, past_len, causal, key_padding_mask, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            # one (keys, values) pair, or several segments (e.g. a prompt shared by the batch,
+            # then per-example activations of another stage), in order before the input's keys
+            segments = prefix if isinstance(prefix, list) else [prefix]
+            if dropout_p == 0.0 and use_segmented(q, segments):
+                if attn_mask is not None and attn_mask.dtype == torch.bool:
+                    attn_mask = additive_mask(attn_mask, q.dtype)
+                y = segmented_attention(q, [pk for pk, _ in segments] + [k], [pv for _, pv in segments] + [v],
+                                        attn_mask)
+            else:
+                ks = [pk.expand(b, -1, -1, -1) if pk.size(0) != b else pk for pk, _ in segments]
+                vs = [pv.expand(b, -1, -1, -1) if pv.size(0) != b else pv for _, pv in segments]
+                k = torch.cat(ks + [k], dim=2)
+                v = torch.cat(vs + [v], dim=2)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(b, t, c)
         return self.proj(y), present
+
+    def keys_values(self, x, past: Optional[KV] = None) -> KV:
+        """Only this layer's keys and values (past + this call's), without the attention: for
+        a stage whose top-layer output nobody reads (MSP's source stages keep only their
+        keys/values). Computes the k, v columns of the fused projection alone."""
+        b, t, c = x.shape
+        k, v = F.linear(x, self.qkv.weight[c:], self.qkv.bias[c:]).split(c, dim=2)
+        k, v = self._heads(k, b, t), self._heads(v, b, t)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        return k, v
 
 
 class MLP(nn.Module):

@@ -25,10 +25,14 @@ Alignment objectives (``--alignment``):
 
 Denoising is a CTC unit over a canvas of fixed length: after the alignment the canvas holds
 B(T_0) *in place* (merged repeats and blanks become ``<mask>``). For Mask-Predict the |y|
-tokens are first duplicated (x2, §4.4). Training feeds the detached T_0 with random
-deletion/repetition noise; inference loops until the output stops changing or
+tokens are first duplicated (x2, §4.4). Training (``--denoiser-training``): by default the
+paper's pairs (Y, T_i), T_0 the detached alignment output with random deletion/repetition
+noise and T_1.. the denoiser's own outputs (``--denoise-train-steps``, 2); ``noised_t0``
+trains on the noised T_0 alone. Inference loops until the output stops changing or
 ``--iter-decode-max-iter`` loops ran (fairseq's ``IterativeRefinementGenerator``: step 0 is
-the alignment, steps 1.. are denoising loops).
+the alignment, steps 1.. are denoising loops). With Mask-Predict, ``mask_predict_iterations``
+0 (Table 4's zero-iteration row) skips the Mask-Predict pass: the CTC denoiser aligns a blank
+canvas of twice the predicted length.
 
 Details the authors' code gets wrong and we do not: source padding is masked in every unit,
 XLM-R position ids start at padding_idx + 1 (the backbone's default), the canvas is sized per
@@ -67,8 +71,17 @@ class SGAConfig(PromptArgs):
     noise_prob: float = field(
         default=0.2, metadata={"help": "denoiser training noise: each sentence draws p ~ U(0, noise_prob) "
                                        "and deletes or repeats each token with probability p (§4.4)"})
+    denoiser_training: ChoiceEnum(["own_outputs", "noised_t0"]) = field(
+        default="own_outputs", metadata={"help": "own_outputs (§4.4, the paper): L_2 over the pairs (Y, T_i), "
+                                                 "T_0 the alignment's output (noised), T_1.. the denoiser's own "
+                                                 "outputs (--denoise-train-steps of them); noised_t0: L_2 on the "
+                                                 "noised T_0 only"})
+    denoise_train_steps: int = field(
+        default=2, metadata={"help": "own_outputs: denoiser inputs per training sentence, T_0 .. T_{k-1}"})
     mask_predict_iterations: int = field(
-        default=4, metadata={"help": "Mask-Predict alignment iterations at inference (Table 3: 4)"})
+        default=4, metadata={"help": "Mask-Predict alignment iterations at inference (Table 3: 4; Table 4: 0, 2, "
+                                     "4, 8). 0: no Mask-Predict pass, the CTC denoiser aligns a blank canvas "
+                                     "of twice the predicted length (Table 4's zero-iteration row)"})
     max_target_length: int = field(
         default=256, metadata={"help": "Mask-Predict length predictor classes 0..N-1"})
     length_loss_factor: float = field(
@@ -250,10 +263,33 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         if self.denoise_prompt is not None:
             if self.training:
                 noisy_in = deletion_repetition_noise(noisy_in, canvas_mask, self.blank, self.cfg.noise_prob)
-            lprobs2 = self.unit(self.denoise_prompt, noisy_in, canvas_mask, enc)               # Eq. (6)
-            terms["denoise-ctc"] = {"ctc": True, "lprobs": lprobs2, "input_mask": canvas_mask,
-                                    "targets": target, "target_mask": target_mask}
+            terms["denoise-ctc"] = self.denoiser_training_term(noisy_in, canvas_mask, target, target_mask, enc)
         return terms
+
+    def denoiser_training_term(self, noisy_t0, canvas_mask, target, target_mask, enc):
+        """L_2 (§4.4): CTC of Y given the denoiser's output on each of its training inputs.
+
+        ``own_outputs`` (default, the paper: "the CTC loss L_2 given training pair (Y, T_i)
+        where T_i is the output sequence at the i-th step"): the inputs are T~_0 (the
+        alignment's output with deletion/repetition noise, Eq. 6) and then the denoiser's own
+        outputs T_i = B(argmax f_LM(theta_pd, T_{i-1})) collapsed in place, for
+        ``--denoise-train-steps`` inputs in all, as the inference loop feeds them. Our reading:
+        the noise of Eq. (6) is applied to T_0 only (the paper writes T~_0; the later T_i are
+        fed back as they are at inference), each T_i is detached (a fixed input, as at
+        inference), and L_2 is the mean over the inputs, so that Eq. (7) stays L_1 + L_2 at any
+        number of steps. ``noised_t0``: the noised T_0 alone (one input)."""
+        steps = self.cfg.denoise_train_steps if self.cfg.denoiser_training == "own_outputs" else 1
+        if steps < 1:
+            raise FairseqPLMError(f"--denoise-train-steps={steps}: expected >= 1")
+        inputs, lprobs = noisy_t0, []
+        for i in range(steps):
+            lp = self.unit(self.denoise_prompt, inputs, canvas_mask, enc)                   # Eq. (6)
+            lprobs.append(lp)
+            if i + 1 < steps:  # T_{i+1}, the next input: fed back as at inference
+                inputs = self._denoiser_input(self._collapse(lp.detach(), canvas_mask)[0], canvas_mask)
+        # the steps as one batch: one CTC term, its per-token mean is the mean over the steps
+        return {"ctc": True, "lprobs": torch.cat(lprobs, dim=0), "input_mask": canvas_mask.repeat(steps, 1),
+                "targets": target.repeat(steps, 1), "target_mask": target_mask.repeat(steps, 1)}
 
     # ------------------------------------------------------------------ inference
     # fairseq's IterativeRefinementGenerator contract: forward_encoder, initialize_output_tokens,
@@ -284,13 +320,15 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
                 canvas, canvas_mask = self.ctc_canvas(encoder_out)
                 out, _, scores = self._collapse(self.unit(self.align_prompt, canvas, canvas_mask, encoder_out),
                                                 canvas_mask)
-            else:
+            elif self.cfg.mask_predict_iterations > 0:
                 out, scores = self.mask_predict(encoder_out)
+            else:
+                out, scores = self.zero_iteration_alignment(encoder_out)
         elif self.denoise_prompt is None:
             return decoder_out  # nothing to refine: a fixed point, the generator stops
         else:
             canvas_mask = self._denoise_canvas(encoder_out)
-            if self.cfg.alignment == "mask_predict" and step == 1:
+            if self.cfg.alignment == "mask_predict" and step == 1 and self.cfg.mask_predict_iterations > 0:
                 n = self._predicted_lengths(encoder_out)
                 tokens, _ = upsample_by_duplication(tokens[:, :int(n.max())], lengths_to_mask(n))
             tokens = tokens[:, :canvas_mask.size(1)]  # finished sentences may have left wider ones
@@ -304,6 +342,19 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         if self.cfg.alignment == "ctc":
             return self.ctc_canvas(encoder_out)[1]
         return lengths_to_mask(self._predicted_lengths(encoder_out) * 2)
+
+    def zero_iteration_alignment(self, encoder_out):
+        """Table 4, "# Iter. 0" ("using CTC alignment alone"): no Mask-Predict pass; the CTC
+        denoiser reads Y_blank, a canvas of 2 x the predicted length (the x2 of §4.4) holding
+        only ``<mask>``, and its collapsed output is T_0. Later steps are ordinary denoising
+        loops (``--iter-decode-max-iter 0``: this CTC alignment alone)."""
+        if self.denoise_prompt is None:
+            raise FairseqPLMError("mask_predict_iterations=0 aligns with the CTC denoiser, and this model has "
+                                  "none (--arch sga_mask_predict_no_denoising): use 1 or more iterations")
+        canvas_mask = self._denoise_canvas(encoder_out)
+        canvas = torch.full(canvas_mask.shape, self.blank, dtype=torch.long, device=canvas_mask.device)
+        out, _, scores = self._collapse(self.unit(self.denoise_prompt, canvas, canvas_mask, encoder_out), canvas_mask)
+        return out, scores
 
     @torch.no_grad()
     def mask_predict(self, encoder_out):

@@ -353,9 +353,11 @@ def run_system(name, args, paths, raw):
     train_flags, gen_flags = system_flags(name, args)
     if name in ("at", "xlmr_at_init"):
         label += f" (beam {args.beam})"
-    say(f"{name}: train ({label}); log {os.path.join(save, 'train.log')}")
+    if not os.path.exists(os.path.join(save, "trained.json")):
+        say(f"{name}: train ({label}); log {os.path.join(save, 'train.log')}")
     trained = train(args, data, save, train_flags, args.source_lang, args.target_lang)
-    say(f"{name}: translate the test set at batch size 1 ({args.speed_runs} run(s)) and {args.batch_size}")
+    if not os.path.exists(os.path.join(save, "decode-test.json")):
+        say(f"{name}: translate the test set at batch size 1 ({args.speed_runs} run(s)) and {args.batch_size}")
     ref = os.path.join(raw, f"test.{args.target_lang}")
     result = decode(args, data, save, checkpoint(args, save), gen_flags, "test", ref, args.source_lang,
                     args.target_lang)
@@ -387,13 +389,15 @@ def run_free_gen(args, raw):
                 f"valid {m['valid']}, test {m['test']}")
     _, data = binarize_once(task_raw, args.plm, root, "kw", "en", args.workers)
     train_flags, _ = sga_flags("sga_mask_predict", args)
-    say(f"{FREE_GEN}: train SGA Mask-Predict (keywords -> English); log {os.path.join(root, 'train.log')}")
+    if not os.path.exists(os.path.join(root, "trained.json")):
+        say(f"{FREE_GEN}: train SGA Mask-Predict (keywords -> English); log {os.path.join(root, 'train.log')}")
     trained = train(args, data, root, train_flags, "kw", "en")
     path, ref = checkpoint(args, root), os.path.join(task_raw, "test.en")
     rows = []
     for group, iterations, loops in free_gen_settings(args):
         tag = f"it{iterations}-loops{loops}"
-        say(f"{FREE_GEN}: decode, {iterations} Mask-Predict iterations, {group}")
+        if not os.path.exists(os.path.join(root, f"decode-{tag}.json")):
+            say(f"{FREE_GEN}: decode, {iterations} Mask-Predict iterations, {group}")
         flags = ["--task", "plm_translation", "--iter-decode-max-iter", loops,
                  "--model-overrides", str({"mask_predict_iterations": iterations})]
         result = decode(args, data, root, path, flags, tag, ref, "kw", "en", metrics=("bleu", "meteor"))

@@ -183,3 +183,61 @@ def test_keywords_task():
     assert any(kd.keywords(t) != kd.content_words(t) for t in (s, "Save the current document to a new file name"))
     assert kd.content_words("It is what it is") == []
     assert kd.make_pairs(["It is", s, s]) == [(" ".join(kd.keywords(s)), s)]  # no content word; duplicates
+
+
+# ------------------------------------------------------------------ Table 3 data: XGLUE QG, MTG
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def test_question_generation_data_with_machine_translated_training_questions(trained, tmp_path):
+    """XGLUE QG layout from local files; the En->De training questions translated by a
+    user-given fairseq model (here the tiny MSP En->De model) through fairseq-plm-interactive."""
+    import os
+
+    from fairseq_plm.recipes import sga_generation_data as sgd
+
+    en = (open(os.path.join(trained["raw"], "train.en"), encoding="utf-8").read().splitlines())
+    xglue = tmp_path / "QG"
+    _write(xglue / "xglue.qg.en.src.train", [f"passage {i}: {s}" for i, s in enumerate(en[:6])])
+    _write(xglue / "xglue.qg.en.tgt.train", en[6:12])
+    for lang in ("en", "de"):
+        for split in ("dev", "test"):
+            _write(xglue / f"xglue.qg.{lang}.src.{split}", [f"{lang} {split} passage {i}" for i in range(3)])
+            _write(xglue / f"xglue.qg.{lang}.tgt.{split}", [f"{lang} {split} question {i}" for i in range(3)])
+    mt = (f"{trained['data']} --path {os.path.join(trained['save'], 'checkpoint_last.pt')} --task plm_translation "
+          f"-s {{src}} -t {{tgt}} --beam 2 --max-len-a 0 --max-len-b 8 --cpu --bpe sentencepiece "
+          f"--sentencepiece-model {os.path.join(trained['plm'], 'spiece.model')}")
+    out = tmp_path / "out"
+    cli("python", "-m", "fairseq_plm.recipes.sga_generation_data", "qg", "--xglue", xglue, "--langs", "en,de",
+        "--mt", mt, "--out", out)
+    lines = lambda p: p.read_text(encoding="utf-8").splitlines()  # noqa: E731
+    assert lines(out / "qg" / "en-en" / "train.tgt") == en[6:12]                       # En->En: the originals
+    assert lines(out / "qg" / "en-de" / "train.src") == lines(xglue / "xglue.qg.en.src.train")  # English passages
+    translated = lines(out / "qg" / "en-de" / "train.tgt")
+    assert len(translated) == 6 and translated != en[6:12]                           # questions in "German"
+    assert translated == lines(out / "qg" / "mt" / "train.question.de")               # cached for reruns
+    assert lines(out / "qg" / "en-de" / "test.src") == lines(xglue / "xglue.qg.de.src.test")  # De->De test
+    assert lines(out / "qg" / "en-de" / "valid.tgt") == lines(xglue / "xglue.qg.de.tgt.dev")
+    with pytest.raises(ValueError, match="pass --mt"):
+        sgd.question_generation(str(xglue), str(tmp_path / "again"), ["de"])
+
+
+def test_story_generation_data_pairs_multiway_lines(tmp_path):
+    from fairseq_plm.recipes import sga_generation_data as sgd
+
+    mtg = tmp_path / "SG"
+    for lang in ("en", "de"):
+        for split in ("train", "dev", "test"):
+            _write(mtg / lang / f"{split}.src", [f"{lang} {split} story start {i}" for i in range(4)])
+            _write(mtg / lang / f"{split}.tgt", [f"{lang} {split} story end {i}" for i in range(4)])
+    manifest = sgd.story_generation(str(mtg), str(tmp_path / "out"), ["en", "de"])
+    assert manifest == {"en-en": {"train": 4, "valid": 4, "test": 4}, "de-en": {"train": 4, "valid": 4, "test": 4}}
+    out = tmp_path / "out" / "sg" / "de-en"
+    assert (out / "valid.src").read_text().splitlines()[2] == "de dev story start 2"
+    assert (out / "valid.tgt").read_text().splitlines()[2] == "en dev story end 2"
+    _write(mtg / "de" / "test.src", ["one line"])
+    with pytest.raises(ValueError, match="multi-way parallel"):
+        sgd.story_generation(str(mtg), str(tmp_path / "out2"), ["de"])

@@ -549,3 +549,13 @@ def xlmr_at_init(args):
     args.decoder_like_ptm = args.share_ptm_embeddings = True
     args.no_scale_embedding = args.layernorm_embedding = True
     deep_fusion_base(args)
+
+
+@register_model_architecture("cmlm_transformer", "cmlm_transformer_two_vocab")
+def cmlm_transformer_two_vocab(args):
+    """fairseq's Mask-Predict (``cmlm_transformer``) with a source and a target vocabulary of
+    their own, the NAT baseline next to deep fusion (Table 3) on data whose source is in the
+    PTM's vocabulary: ``cmlm_base_architecture`` shares all embeddings, which needs one joined
+    dictionary, and fairseq has no flag that turns this off."""
+    args.share_all_embeddings = False
+    cmlm_base_architecture(args)

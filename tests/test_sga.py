@@ -341,3 +341,27 @@ def test_zero_mask_predict_iterations_align_with_the_ctc_denoiser():
     no_denoiser.cfg.mask_predict_iterations = 0
     with pytest.raises(FairseqPLMError, match="mask_predict_iterations=0 aligns with the CTC denoiser"):
         generate(no_denoiser, d, SRC)
+
+
+def test_ctc_alignment_over_the_predicted_length_for_free_generation():
+    """--ctc-canvas predicted (sga_ctc_free): the CTC canvas is r x |y| (gold in training,
+    predicted at inference), and a length term trains the predictor."""
+    model, d = tiny_sga(alignment="ctc")
+    cfg = SGAConfig(plm="tiny", prompt_length=3, ctc_canvas="predicted", max_target_length=12)
+    torch.manual_seed(0)
+    model = SGAModel.from_plm(cfg, model.plm, d)
+    model.train()
+    s = sample(SRC, TGT)
+    seen = _recording_denoiser(model)
+    terms = model(**s["net_input"], tgt_tokens=s["target"])
+    assert set(terms) == {"length", "align-ctc", "denoise-ctc"}
+    assert terms["align-ctc"]["input_mask"].sum(1).tolist() == [2 * len(t) for t in TGT]  # r x |y|, not r x |x|
+    assert seen[0][0].ne(PAD).sum(1).tolist() == [2 * len(t) for t in TGT]
+    model.eval()
+    enc = model.forward_encoder(batch(SRC))
+    predicted = model._predicted_lengths(enc)
+    hyps = generate(model, d, SRC, max_iter=0)
+    canvas, mask = model.ctc_canvas(enc)
+    assert mask.sum(1).tolist() == (2 * predicted).tolist()
+    want, n = ctc_collapse(model.unit(model.align_prompt, canvas, mask, enc).argmax(-1), MASK, PAD, mask)
+    assert [h[0]["tokens"].tolist() for h in hyps] == [want[i, :n[i]].tolist() for i in range(len(SRC))]

@@ -19,6 +19,8 @@ Prompts use MSP's scaled reparameterization (Eq. 8-10 of MSP).
 Alignment objectives (``--alignment``):
   ``ctc``           translation: Y_blank is r x |x| ``<mask>`` tokens (``--upsample-ratio``,
                     default 2) and L_1 is CTC. The CTC blank is ``<mask>`` (see nat/ctc.py).
+                    ``--ctc-canvas predicted`` (``--arch sga_ctc_free``): r x the length
+                    predictor's |y| instead, for free generation.
   ``mask_predict``  free generation: a length predictor on the mean of h_s^L, a masked-token
                     loss on the target with n ~ U{1..|y|} tokens masked, and Mask-Predict
                     decoding (``--mask-predict-iterations``, default 4 as in Table 3).
@@ -66,6 +68,11 @@ class SGAConfig(PromptArgs):
                                          "(free generation: question/story generation)"})
     upsample_ratio: int = field(
         default=2, metadata={"help": "CTC canvas length = ratio x source length (§4.3)"})
+    ctc_canvas: ChoiceEnum(["source", "predicted"]) = field(
+        default="source", metadata={"help": "CTC alignment canvas: source: upsample_ratio x |x| (translation); "
+                                            "predicted: upsample_ratio x the length predictor's |y| (free "
+                                            "generation, where |y| does not follow |x|; a separately trained "
+                                            "CTC model for Table 4's zero-iteration row)"})
     no_denoising: bool = field(
         default=False, metadata={"help": "alignment only: 'SGA w/o. denoising' (Table 1)"})
     noise_prob: float = field(
@@ -191,13 +198,20 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
             return DeepPrompt(c.num_layers, c.num_heads, c.head_dim, cfg.prompt_length,
                               scaled=not cfg.no_scaled_reparam)
 
-        length_classes = cfg.max_target_length if cfg.alignment == "mask_predict" else 0
+        length_classes = cfg.max_target_length if cls.predicts_length(cfg) else 0
         encoder = SemanticEncoder(dictionary, plm, prompt(), cfg.upsample_ratio, length_classes)  # theta_ps, W_K, W_V
         return cls(cfg, encoder, prompt(), None if cfg.no_denoising else prompt(), dictionary)    # theta_pa, theta_pd
 
+    @staticmethod
+    def predicts_length(cfg):
+        return cfg.alignment == "mask_predict" or cfg.ctc_canvas == "predicted"
+
     def max_positions(self):
         usable = self.plm.cfg.usable_positions - 2
-        tgt = usable // 2 if (self.cfg.alignment == "mask_predict" and self.denoise_prompt is not None) else usable
+        if self.cfg.alignment == "ctc" and self.cfg.ctc_canvas == "predicted":
+            tgt = usable // self.cfg.upsample_ratio  # the canvas r x |y|
+        else:
+            tgt = usable // 2 if (self.cfg.alignment == "mask_predict" and self.denoise_prompt is not None) else usable
         return self.encoder.max_positions(), tgt
 
     # ------------------------------------------------------------------ units
@@ -219,9 +233,14 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         logits = logits.index_fill(-1, self.forbidden, NEVER)
         return F.log_softmax(logits, dim=-1)
 
-    def ctc_canvas(self, encoder_out):
-        """Y_blank: r x |x| blanks per sentence (at least one)."""
-        n = encoder_out["src_content_lengths"][0].clamp(min=1) * self.cfg.upsample_ratio
+    def ctc_canvas(self, encoder_out, target_lengths=None):
+        """Y_blank: r x |x| blanks per sentence (at least one); with ``--ctc-canvas predicted``
+        r x |y|, |y| the target's length in training and the predicted one at inference."""
+        if self.cfg.ctc_canvas == "predicted":
+            n = target_lengths if target_lengths is not None else self._predicted_lengths(encoder_out)
+            n = n.clamp(min=1) * self.cfg.upsample_ratio
+        else:
+            n = encoder_out["src_content_lengths"][0].clamp(min=1) * self.cfg.upsample_ratio
         mask = lengths_to_mask(n)
         return torch.full(mask.shape, self.blank, dtype=torch.long, device=mask.device), mask
 
@@ -241,8 +260,13 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         target = tgt_tokens.masked_fill(tgt_tokens.eq(self.eos), self.pad)  # y without </s>
         target_mask = target.ne(self.pad)
         terms = {}
+        if self.predicts_length(self.cfg):
+            lengths = target_mask.long().sum(dim=1).clamp(max=self.cfg.max_target_length - 1)
+            terms["length"] = {"lprobs": F.log_softmax(enc["length_logits"][0].float(), dim=-1),
+                               "targets": lengths, "mask": None, "factor": self.cfg.length_loss_factor,
+                               "no_smoothing": True}
         if self.cfg.alignment == "ctc":
-            canvas, canvas_mask = self.ctc_canvas(enc)
+            canvas, canvas_mask = self.ctc_canvas(enc, target_mask.long().sum(dim=1))
             lprobs = self.unit(self.align_prompt, canvas, canvas_mask, enc)                  # Eq. (4)
             terms["align-ctc"] = {"ctc": True, "lprobs": lprobs, "input_mask": canvas_mask,
                                   "targets": target, "target_mask": target_mask}
@@ -253,10 +277,6 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
             masked = random_target_mask(target_mask)
             lprobs = self.unit(self.align_prompt, target.masked_fill(masked, self.blank), target_mask, enc)
             terms["align-mask-predict"] = {"lprobs": lprobs, "targets": target, "mask": masked}
-            lengths = target_mask.long().sum(dim=1).clamp(max=self.cfg.max_target_length - 1)
-            terms["length"] = {"lprobs": F.log_softmax(enc["length_logits"][0].float(), dim=-1),
-                               "targets": lengths, "mask": None, "factor": self.cfg.length_loss_factor,
-                               "no_smoothing": True}
             if self.denoise_prompt is not None:
                 t0 = torch.where(masked, lprobs.detach().argmax(-1), target)   # the alignment's output
                 noisy_in, canvas_mask = upsample_by_duplication(t0, target_mask)
@@ -347,7 +367,9 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         """Table 4, "# Iter. 0" ("using CTC alignment alone"): no Mask-Predict pass; the CTC
         denoiser reads Y_blank, a canvas of 2 x the predicted length (the x2 of §4.4) holding
         only ``<mask>``, and its collapsed output is T_0. Later steps are ordinary denoising
-        loops (``--iter-decode-max-iter 0``: this CTC alignment alone)."""
+        loops (``--iter-decode-max-iter 0``: this CTC alignment alone). Our reading of the row;
+        the other one, a separately trained model whose alignment unit is CTC over a canvas of
+        r x the predicted length, is ``--arch sga_ctc_free`` (``--ctc-canvas predicted``)."""
         if self.denoise_prompt is None:
             raise FairseqPLMError("mask_predict_iterations=0 aligns with the CTC denoiser, and this model has "
                                   "none (--arch sga_mask_predict_no_denoising): use 1 or more iterations")
@@ -408,6 +430,20 @@ def sga_xlmr_base_no_denoising(args):
 def sga_xlmr_large_no_denoising(args):
     sga_no_denoising(args)
     sga_xlmr_large(args)
+
+
+# free generation with CTC alignment over r x the predicted target length: Table 4's
+# zero-iteration row read as a separately trained CTC model (the default reading is
+# mask_predict_iterations=0 on the Mask-Predict model, see ``zero_iteration_alignment``)
+@register_model_architecture("sga", "sga_ctc_free")
+def sga_ctc_free(args):
+    args.ctc_canvas = getattr(args, "ctc_canvas", "predicted")
+
+
+@register_model_architecture("sga", "sga_ctc_free_no_denoising")
+def sga_ctc_free_no_denoising(args):
+    sga_no_denoising(args)
+    sga_ctc_free(args)
 
 
 # free generation (question / story generation, Table 3-4): Mask-Predict alignment

@@ -36,7 +36,9 @@ corpus's test English is held out from the demo PLMs' pre-training), or ``--free
 with ``{train,valid,test}.{kw,en}``. One ``--arch sga_mask_predict`` model is trained for the
 same budget and decoded with Mask-Predict ``--t4-iterations`` (2, 4, 8) without denoising
 (``--iter-decode-max-iter 0``) and with it, plus the zero-iteration rows (the CTC denoiser
-aligns a blank canvas; with and without further denoising loops).
+aligns a blank canvas; with and without further denoising loops). ``free_gen_ctc`` (not in the
+default list) adds the other reading of that row: a separately trained ``--arch sga_ctc_free``
+model (CTC alignment over twice the predicted length), without and with denoising.
 
 Every system decodes the whole test split at batch size 1 (the paper's speed setting,
 ``--speed-runs`` runs averaged) and at ``--batch-size``; the tables give sacrebleu BLEU (through
@@ -68,9 +70,9 @@ TABLE1 = {  # name -> (label, data: "plm" | "plain")
     "xlmr_at_init": ("XLM-R w. AT initialization", "plm"),
 }
 EXTRA = {"sga_noised_t0": ("SGA, denoiser trained on the noised T_0 only", "plm")}
-FREE_GEN = "free_gen"
+FREE_GEN, FREE_GEN_CTC = "free_gen", "free_gen_ctc"
 DEFAULT = list(TABLE1) + [FREE_GEN]
-ALL = DEFAULT + list(EXTRA)
+ALL = DEFAULT + list(EXTRA) + [FREE_GEN_CTC]
 # the default baseline: small enough for a CPU demo
 SMALL = dict(encoder_layers=3, decoder_layers=3, encoder_embed_dim=256, decoder_embed_dim=256,
              encoder_ffn_embed_dim=1024, decoder_ffn_embed_dim=1024, encoder_attention_heads=4,
@@ -155,7 +157,7 @@ def parse_args(argv=None):
         args.raw = os.path.abspath(args.raw)
     elif (args.source_lang, args.target_lang) != ("src", "en"):
         ap.error("without --raw the data is the gettext X->En corpus: -s src -t en")
-    if FREE_GEN in args.systems and not args.free_gen_raw and "en" not in (args.source_lang, args.target_lang):
+    if {FREE_GEN, FREE_GEN_CTC} & set(args.systems) and not args.free_gen_raw and "en" not in (args.source_lang, args.target_lang):
         ap.error("free_gen builds its task from the English side of the data (-s or -t en); "
                  "pass --free-gen-raw or leave free_gen out of --systems")
     args.out, args.plm = os.path.abspath(args.out), os.path.abspath(args.plm)
@@ -374,8 +376,8 @@ def free_gen_settings(args):
     return rows
 
 
-def run_free_gen(args, raw):
-    """Table 4: one sga_mask_predict model on the keywords task, decoded at several settings."""
+def free_gen_data(args, raw):
+    """The keywords -> English task (raw and binarized, in OUT/free_gen): (raw dir, data-bin)."""
     from . import keywords_data
 
     root = os.path.join(args.out, FREE_GEN)
@@ -387,20 +389,34 @@ def run_free_gen(args, raw):
             m = keywords_data.from_raw(raw, lang, task_raw)
             say(f"{FREE_GEN}: keywords -> English from the {lang} side of {raw}: train {m['train']}, "
                 f"valid {m['valid']}, test {m['test']}")
-    _, data = binarize_once(task_raw, args.plm, root, "kw", "en", args.workers)
-    train_flags, _ = sga_flags("sga_mask_predict", args)
-    if not os.path.exists(os.path.join(root, "trained.json")):
-        say(f"{FREE_GEN}: train SGA Mask-Predict (keywords -> English); log {os.path.join(root, 'train.log')}")
-    trained = train(args, data, root, train_flags, "kw", "en")
-    path, ref = checkpoint(args, root), os.path.join(task_raw, "test.en")
+    return task_raw, binarize_once(task_raw, args.plm, root, "kw", "en", args.workers)[1]
+
+
+def run_free_gen(args, raw, name):
+    """Table 4: one model on the keywords task, decoded at several settings: free_gen (the
+    sga_mask_predict model) or free_gen_ctc (sga_ctc_free, the other reading of the 0 row)."""
+    task_raw, data = free_gen_data(args, raw)
+    save = os.path.join(args.out, name)
+    arch, what = ("sga_mask_predict", "SGA Mask-Predict") if name == FREE_GEN else ("sga_ctc_free", "SGA CTC")
+    train_flags, _ = sga_flags(arch, args)
+    if not os.path.exists(os.path.join(save, "trained.json")):
+        say(f"{name}: train {what} (keywords -> English); log {os.path.join(save, 'train.log')}")
+    trained = train(args, data, save, train_flags, "kw", "en")
+    path, ref = checkpoint(args, save), os.path.join(task_raw, "test.en")
+    if name == FREE_GEN:
+        settings = free_gen_settings(args)
+    else:
+        settings = [("sga_ctc_free model, w/o denoising", 0, 0),
+                    ("sga_ctc_free model, w. denoising", 0, args.iter_decode_max_iter)]
     rows = []
-    for group, iterations, loops in free_gen_settings(args):
+    for group, iterations, loops in settings:
         tag = f"it{iterations}-loops{loops}"
-        if not os.path.exists(os.path.join(root, f"decode-{tag}.json")):
-            say(f"{FREE_GEN}: decode, {iterations} Mask-Predict iterations, {group}")
-        flags = ["--task", "plm_translation", "--iter-decode-max-iter", loops,
-                 "--model-overrides", str({"mask_predict_iterations": iterations})]
-        result = decode(args, data, root, path, flags, tag, ref, "kw", "en", metrics=("bleu", "meteor"))
+        if not os.path.exists(os.path.join(save, f"decode-{tag}.json")):
+            say(f"{name}: decode, {iterations} Mask-Predict iterations, {group}")
+        flags = ["--task", "plm_translation", "--iter-decode-max-iter", loops]
+        if name == FREE_GEN:
+            flags += ["--model-overrides", str({"mask_predict_iterations": iterations})]
+        result = decode(args, data, save, path, flags, tag, ref, "kw", "en", metrics=("bleu", "meteor"))
         rows.append({"group": group, "iterations": iterations, "max_denoising_loops": loops, **result})
     return {"trained": trained, "rows": rows, "test_sentences": cmp.count_lines(ref), "raw": task_raw}
 
@@ -446,7 +462,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     raw = make_raw(args)
     texts, notes, results = [], [], {}
-    table1_systems = [s for s in args.systems if s != FREE_GEN]
+    table1_systems = [s for s in args.systems if s not in (FREE_GEN, FREE_GEN_CTC)]
     if table1_systems:
         paths = prepare_data(args, raw)
         rows = [run_system(name, args, paths, raw) for name in table1_systems]
@@ -456,17 +472,21 @@ def main(argv=None):
                      f"sacrebleu {rows[0]['signature']} on the detokenized batched output; speed: fairseq-generate's "
                      f"sentences/s; train min: fairseq's training time at the last checkpoint")
         results["table1"] = rows
-    if FREE_GEN in args.systems:
-        t4 = run_free_gen(args, raw)
-        texts.append(f"Table 4 (keywords -> English, one sga_mask_predict model: {t4['trained']['trained_params']:,} "
-                     f"trained parameters, {t4['trained']['updates']:,} updates, "
-                     f"{t4['trained']['train_minutes']:.1f} min)\n\n" + table4(t4, args))
+    t4_models = [s for s in (FREE_GEN, FREE_GEN_CTC) if s in args.systems]
+    if t4_models:
+        t4s = {name: run_free_gen(args, raw, name) for name in t4_models}
+        t4 = {"rows": [r for name in t4_models for r in t4s[name]["rows"]], "models": t4s}
+        first = t4s[t4_models[0]]
+        models = "; ".join(f"{'sga_mask_predict' if n == FREE_GEN else 'sga_ctc_free'}: "
+                           f"{t['trained']['trained_params']:,} trained parameters, {t['trained']['updates']:,} "
+                           f"updates, {t['trained']['train_minutes']:.1f} min" for n, t in t4s.items())
+        texts.append(f"Table 4 (keywords -> English; {models})\n\n" + table4(t4, args))
         meteor = next((r.get("meteor_signature") for r in t4["rows"] if r.get("meteor_signature")), None)
-        notes.append(f"Table 4: {t4['test_sentences']} test sentences ({t4['raw']}); budget {budget_text(args)}; "
-                     f"BLEU: sacrebleu {t4['rows'][0]['signature']}; METEOR: "
+        notes.append(f"Table 4: {first['test_sentences']} test sentences ({first['raw']}); budget {budget_text(args)} "
+                     f"per model; BLEU: sacrebleu {t4['rows'][0]['signature']}; METEOR: "
                      f"{meteor or 'n/a (pip install -r requirements-eval.txt)'}; '# Iter.': Mask-Predict iterations, "
-                     f"0 = the CTC denoiser aligns a blank canvas; w. denoising: at most {args.iter_decode_max_iter} "
-                     f"loops")
+                     f"0 = the CTC denoiser aligns a blank canvas (sga_ctc_free: its CTC alignment unit); "
+                     f"w. denoising: at most {args.iter_decode_max_iter} loops")
         results["table4"] = t4
     write_results(args.out, "\n\n".join(texts), "\n".join(notes), results, args)
     say(f"done in {(time.time() - t0) / 60:.1f} min; {os.path.join(args.out, 'results.md')}")

@@ -177,8 +177,10 @@ def test_frozen_ptm_and_table2_baselines(tiny_fusion):
     assert not any(p.requires_grad for p in model.encoder.plm.parameters())
 
 
-def test_losses_match_their_equations(tiny_fusion):
-    task, model, criterion = build(tiny_fusion, "--dropout", "0")
+@pytest.mark.parametrize("bag", ["set", "multiset"])
+def test_losses_match_their_equations(tiny_fusion, bag):
+    task, model, criterion = build(tiny_fusion, "--dropout", "0", *(["--twp-bag", bag] if bag == "multiset" else []))
+    assert model.encoder.cfg.twp_bag == bag  # set: the default
     sample = train_batch(task)
     torch.manual_seed(3)
     model.train()
@@ -186,12 +188,16 @@ def test_losses_match_their_equations(tiny_fusion):
     aux = model.encoder.auxiliary_outputs(enc, sample["net_input"]["src_tokens"], sample["target"],
                                           sample["ptm_target"])
     losses = auxiliary_losses(aux)
-    # Eq. (15)-(16): bag-of-words NLL from r^A_N, averaged over the target's words
+    # Eq. (15)-(16): bag-of-words NLL from r^A_N, averaged over the words of the targets' bags:
+    # y_bow "an unordered set containing all words" (set), or every occurrence (multiset)
     r = enc["summary"][0]
     lp = F.log_softmax(model.encoder.heads.twp(r), dim=-1)
     tgt = task.target_dictionary
-    nll = [-lp[b, w] for b, row in enumerate(sample["target"].tolist()) for w in row
-           if w not in (tgt.pad(), tgt.eos(), tgt.bos(), tgt.unk())]
+    rows = [[w for w in row if w not in (tgt.pad(), tgt.eos(), tgt.bos(), tgt.unk())]
+            for row in sample["target"].tolist()]
+    assert any(len(set(row)) < len(row) for row in rows)  # the batch has repeated words: set != multiset
+    bags = [sorted(set(row)) if bag == "set" else row for row in rows]
+    nll = [-lp[b, w] for b, words in enumerate(bags) for w in words]
     torch.testing.assert_close(losses["twp"], torch.stack(nll).mean(), atol=1e-5, rtol=1e-5)
     # Eq. (17): softmax over cosine similarities, the positive in column i
     logits = aux["tsp"]["logits"]

@@ -11,6 +11,7 @@ from fairseq_plm.models.sga import SGAConfig, SGAModel
 from fairseq_plm.nat.ctc import ctc_collapse
 from fairseq_plm.plm.bert import BertEncoder
 from fairseq_plm.plm.config import preset
+from fairseq_plm.plm.errors import FairseqPLMError
 from fairseq_plm.plm.frozen import fingerprint
 from fairseq_plm.plm.vocab import PLMDictionary
 
@@ -256,3 +257,111 @@ def test_mask_predict_decoding_schedule():
         assert len(hist[1]["tokens"]) == lengths[i]  # step 0: Mask-Predict output, predicted length
         if len(hist) > 2:  # step 1: CTC denoiser over the x2 duplicated canvas
             assert len(hist[2]["tokens"]) <= 2 * lengths[i]
+
+
+# ------------------------------------------------------------------ §4.4 denoiser training
+
+def _recording_denoiser(model):
+    """Record the canvases the denoising unit reads (and keep its real output)."""
+    real_unit, seen = model.unit, []
+
+    def unit(prompt, canvas, mask, enc):
+        out = real_unit(prompt, canvas, mask, enc)
+        if prompt is model.denoise_prompt:
+            seen.append((canvas.clone(), out.detach().clone()))
+        return out
+
+    model.unit = unit
+    return seen
+
+
+@pytest.mark.parametrize("alignment", ["ctc", "mask_predict"])
+def test_denoiser_trains_on_its_own_outputs_by_default(alignment):
+    """§4.4: pairs (Y, T_i): T_0 the (noised) alignment output, T_1 the denoiser's own output on it."""
+    from fairseq_plm.nat.ctc import ctc_collapse_in_place, ctc_loss
+
+    model, d = tiny_sga(alignment=alignment)
+    assert model.cfg.denoiser_training == "own_outputs" and model.cfg.denoise_train_steps == 2
+    model.train()
+    seen = _recording_denoiser(model)
+    s = sample(SRC, TGT)
+    torch.manual_seed(0)
+    terms = model(**s["net_input"], tgt_tokens=s["target"])
+    assert len(seen) == 2
+    (t0, lp0), (t1, lp1) = seen
+    mask = t0.ne(PAD) if alignment == "mask_predict" else model.ctc_canvas(model.encoder(*batch(SRC)))[1]
+    collapsed = ctc_collapse_in_place(lp0.argmax(-1), MASK, PAD, mask)[0]
+    assert torch.equal(t1[mask], collapsed.masked_fill(collapsed.eq(PAD), MASK)[mask])  # T_1 = B(f(T~_0))
+    assert not torch.equal(t1, t0)
+    # L_2 is the mean of the two steps' CTC losses (per target token)
+    target = s["target"].masked_fill(s["target"].eq(EOS), PAD)
+    n = target.ne(PAD).sum()
+    want = sum(ctc_loss(lp, mask, target, target.ne(PAD), MASK) for lp in (lp0, lp1)) / (2 * n)
+    crit = PLMNATLoss(_Task(d))
+    got, _, _ = _one_term(crit, model, terms, "denoise-ctc")
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_noised_t0_switch_trains_on_the_alignment_output_only():
+    model, d = tiny_sga()
+    model.cfg.denoiser_training = "noised_t0"
+    model.train()
+    seen = _recording_denoiser(model)
+    s = sample(SRC, TGT)
+    terms = model(**s["net_input"], tgt_tokens=s["target"])
+    assert len(seen) == 1 and terms["denoise-ctc"]["lprobs"].size(0) == len(SRC)
+    model.cfg.denoiser_training, model.cfg.denoise_train_steps = "own_outputs", 3
+    seen.clear()
+    terms = model(**s["net_input"], tgt_tokens=s["target"])
+    assert len(seen) == 3 and terms["denoise-ctc"]["lprobs"].size(0) == 3 * len(SRC)
+
+
+# ------------------------------------------------------------------ Table 4, zero iterations
+
+def test_zero_mask_predict_iterations_align_with_the_ctc_denoiser():
+    """Table 4 "# Iter. 0": no Mask-Predict pass; the CTC denoiser reads a blank canvas of
+    twice the predicted length; --iter-decode-max-iter 0 keeps that CTC alignment alone."""
+    model, d = tiny_sga(alignment="mask_predict")
+    model.cfg.mask_predict_iterations = 0
+    enc = model.forward_encoder(batch(SRC))
+    lengths = model._predicted_lengths(enc)
+    seen = _recording_denoiser(model)
+    alone = generate(model, d, SRC, max_iter=0)
+    (canvas, lp), = seen
+    assert canvas.ne(PAD).sum(1).tolist() == (2 * lengths).tolist() and canvas[canvas.ne(PAD)].eq(MASK).all()
+    want, n = ctc_collapse(lp.argmax(-1), MASK, PAD, canvas.ne(PAD))
+    assert [h[0]["tokens"].tolist() for h in alone] == [want[i, :n[i]].tolist() for i in range(len(SRC))]
+    seen.clear()
+    looped = generate(model, d, SRC, max_iter=3)
+    assert 2 <= len(seen) <= 4  # the alignment, then denoising loops until a fixed point
+    assert all(h[0]["steps"] >= 1 for h in looped)
+    for i, row in enumerate(SRC):  # batched == one at a time
+        assert generate(model, d, [row], max_iter=3)[0][0]["tokens"].tolist() == looped[i][0]["tokens"].tolist()
+    no_denoiser, _ = tiny_sga(alignment="mask_predict", denoise=False)
+    no_denoiser.cfg.mask_predict_iterations = 0
+    with pytest.raises(FairseqPLMError, match="mask_predict_iterations=0 aligns with the CTC denoiser"):
+        generate(no_denoiser, d, SRC)
+
+
+def test_ctc_alignment_over_the_predicted_length_for_free_generation():
+    """--ctc-canvas predicted (sga_ctc_free): the CTC canvas is r x |y| (gold in training,
+    predicted at inference), and a length term trains the predictor."""
+    model, d = tiny_sga(alignment="ctc")
+    cfg = SGAConfig(plm="tiny", prompt_length=3, ctc_canvas="predicted", max_target_length=12)
+    torch.manual_seed(0)
+    model = SGAModel.from_plm(cfg, model.plm, d)
+    model.train()
+    s = sample(SRC, TGT)
+    seen = _recording_denoiser(model)
+    terms = model(**s["net_input"], tgt_tokens=s["target"])
+    assert set(terms) == {"length", "align-ctc", "denoise-ctc"}
+    assert terms["align-ctc"]["input_mask"].sum(1).tolist() == [2 * len(t) for t in TGT]  # r x |y|, not r x |x|
+    assert seen[0][0].ne(PAD).sum(1).tolist() == [2 * len(t) for t in TGT]
+    model.eval()
+    enc = model.forward_encoder(batch(SRC))
+    predicted = model._predicted_lengths(enc)
+    hyps = generate(model, d, SRC, max_iter=0)
+    canvas, mask = model.ctc_canvas(enc)
+    assert mask.sum(1).tolist() == (2 * predicted).tolist()
+    want, n = ctc_collapse(model.unit(model.align_prompt, canvas, mask, enc).argmax(-1), MASK, PAD, mask)
+    assert [h[0]["tokens"].tolist() for h in hyps] == [want[i, :n[i]].tolist() for i in range(len(SRC))]

@@ -99,3 +99,63 @@ def test_trained_parameter_counts_match_table_1(xlmr_sized_data, tmp_path, arch,
     if exact is not None:
         assert trained == exact
     assert (total - trained) / 1e6 == pytest.approx(278 if plm == "xlmr-base" else 560, rel=0.01)
+
+
+# ------------------------------------------------------------------ "XLM-R w. AT initialization"
+
+def build_in_process(data, *args):
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    ns = options.parse_args_and_arch(parser, [str(data), "--user-dir", USER_DIR, "--task", "plm_translation",
+                                              "--criterion", "label_smoothed_cross_entropy", "--cpu", *map(str, args)])
+    task = tasks.setup_task(ns)
+    return task, task.build_model(ns)
+
+
+@pytest.mark.parametrize("plm,paper", [("xlmr-base", 390e6), ("xlmr-large", 960e6)])
+def test_xlmr_at_init_parameter_counts_match_table_1(xlmr_sized_data, plm, paper):
+    """Table 1: 390M (base) and 960M (large) trained parameters; shapes only (meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        _, model = build_in_process(xlmr_sized_data, "--arch", "xlmr_at_init", "--plm", plm, "--plm-random-init")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert round(trained / 10e6) == paper / 10e6, trained  # the paper's 3 significant digits, to 10M
+    assert len(model.decoder.layers) == model.encoder.plm.cfg.num_layers
+
+
+def test_xlmr_at_init_is_a_fine_tuned_xlmr_encoder_with_its_own_embeddings(tiny_xlmr, tmp_path):
+    import torch
+
+    from fairseq_plm.plm.loading import load_plm
+
+    task, model = build_in_process(tiny_xlmr["data"], "--arch", "xlmr_at_init", "--plm", tiny_xlmr["plm"])
+    plm = model.encoder.plm
+    assert model.encoder.coordinator is None and not model.encoder.has_auxiliary_tasks
+    assert len(model.decoder.layers) == plm.cfg.num_layers and model.decoder.embed_dim == plm.cfg.hidden_size
+    emb = plm.word_embeddings.weight
+    assert model.decoder.embed_tokens.weight is emb and model.decoder.output_projection.weight is emb
+    assert all(p.requires_grad for n, p in plm.named_parameters() if not n.startswith("lm_head."))
+    reference = load_plm(tiny_xlmr["plm"])
+    assert all(torch.equal(a, b) for a, b in zip(plm.state_dict().values(), reference.state_dict().values()))
+    # through the CLIs: train a few updates (the PTM changes), translate every test sentence
+    save = tmp_path / "ckpt"
+    cli("fairseq-plm-train", tiny_xlmr["data"], "--task", "plm_translation", "--arch", "xlmr_at_init",
+        "--plm", tiny_xlmr["plm"], "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--optimizer", "adam", "--lr", "0.001", "--max-tokens", "1000", "--cpu", "--max-update", "3",
+        "--save-dir", save, "--no-epoch-checkpoints", "--no-progress-bar", "--seed", "2")
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    assert not torch.equal(state["encoder.plm.word_embeddings.weight"], reference.word_embeddings.weight)
+    out = cli("fairseq-plm-generate", tiny_xlmr["data"], "--task", "plm_translation", "--path",
+              save / "checkpoint_last.pt", "--cpu", "--beam", "2", "--max-len-b", "5", "--batch-size", "6").stdout
+    assert sorted(hypotheses(out)) == list(range(13))
+    with pytest.raises(Exception, match="target dictionary .* must be the PTM's vocabulary"):
+        from fairseq_plm.models.fusion import FusionModelMixin
+
+        class Other:  # a target vocabulary that is not the PTM's
+            target_dictionary = type("D", (), {"symbols": ["a"], "__len__": lambda self: 1, "pad": lambda self: 0})()
+            source_dictionary = task.source_dictionary
+            cfg = task.cfg
+
+        FusionModelMixin.build_target_embedding(model.args, Other(), plm)

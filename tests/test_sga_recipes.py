@@ -93,25 +93,151 @@ def test_files_for_fairseq_preprocess(corpus, tmp_path):
                         tmp_path / "enx", direction="en-x")
 
 
-def test_sga_compare_prints_one_row_per_system(tmp_path):
-    """SGA, CTC-NAT and the AT transformer on a tiny random XLM-R, a handful of updates each."""
-    raw, plm = tmp_path / "raw", tmp_path / "plm"
+def table_rows(out, header):
+    """The rows of the markdown table under ``header`` in the recipe's output, as lists of cells."""
+    lines = out[out.index(header):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| ---"))
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_sga_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sga_compare")
+    raw, plm = root / "raw", root / "plm"
     make_corpus(str(raw), n_train=60, n_valid=8, n_test=10)
-    make_tiny_xlmr(str(plm), make_xlmr_spm([raw / "train.en", raw / "train.de"], tmp_path / "spm"))
-    out = cli("python", "-m", "fairseq_plm.recipes.sga_compare", "--raw", raw, "--plm", plm, "-s", "en", "-t", "de",
-              "--out", tmp_path / "out", "--systems", "sga,ctc_nat,at", "--max-update", "3", "--max-tokens", "2000",
-              "--prompt-length", "4", "--lr-sga", "0.005", "--lr-baseline", "0.005", "--baseline-layers", "1",
-              "--baseline-embed-dim", "32", "--baseline-ffn-dim", "64", "--baseline-heads", "4",
-              "--iter-decode-max-iter", "2", "--batch-size", "4", "--cpu").stdout
-    rows = [line.strip("|").split("|") for line in out.splitlines()
-            if line.startswith("| ") and not line.startswith(("| system", "| ---"))]
-    assert [r[1].strip() for r in rows] == ["sga", "ctc_nat", "at"]
-    for label, system, params, bleu, bs1, rel, batched in (map(str.strip, r) for r in rows):
-        assert int(params.replace(",", "")) > 0
-        assert 0.0 <= float(bleu) <= 100.0
-        assert float(bs1) > 0 and float(batched) > 0
-        assert re.fullmatch(r"\d+\.\d\dx", rel)
-    assert rows[-1][5].strip() == "1.00x"  # the AT transformer is the unit of speed
+    make_tiny_xlmr(str(plm), make_xlmr_spm([raw / "train.en", raw / "train.de"], root / "spm"))
+    return raw, plm
+
+
+SGA_COMPARE = ["--max-update", "2", "--max-tokens", "2000", "--prompt-length", "4", "--lr-sga", "0.005",
+               "--lr-at-init", "0.001", "--iter-decode-max-iter", "2", "--batch-size", "4", "--cpu"]
+
+
+def test_sga_compare_table_1_rows_and_resume(tiny_sga_data, tmp_path):
+    """SGA and XLM-R w. AT initialization on a tiny random XLM-R; a rerun trains and decodes nothing."""
+    raw, plm = tiny_sga_data
+    args = ["python", "-m", "fairseq_plm.recipes.sga_compare", "--raw", raw, "--plm", plm, "-s", "de", "-t", "en",
+            "--out", tmp_path / "out", "--systems", "sga,xlmr_at_init", *SGA_COMPARE]
+    out = cli(*args).stdout
+    rows = table_rows(out, "Table 1")
+    assert [r[1] for r in rows] == ["sga", "xlmr_at_init"]
+    for label, system, trained, updates, minutes, bleu, bs1, rel, batched in rows:
+        assert int(trained.replace(",", "")) > 0 and int(updates) == 2 and float(minutes) >= 0
+        assert 0.0 <= float(bleu) <= 100.0 and float(bs1) > 0 and float(batched) > 0
+        assert rel == "n/a"  # no AT transformer in this run
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]["table1"]
+    sga, at_init = results
+    assert at_init["trained_params"] > 10 * sga["trained_params"]  # every XLM-R parameter vs prompts
     assert "BLEU: sacrebleu nrefs:1|case:mixed" in out
-    results = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
-    assert [r["system"] for r in results] == ["sga", "ctc_nat", "at"]
+    logs = {s: (tmp_path / "out" / s / "train.log").read_text() for s in ("sga", "xlmr_at_init")}
+    again = cli(*args).stdout  # resumed: finished systems and decodings are skipped
+    assert table_rows(again, "Table 1") == rows
+    assert all((tmp_path / "out" / s / "train.log").read_text() == log for s, log in logs.items())
+    assert "translate the test set" not in again
+
+
+def test_sga_compare_table_4_free_generation(tiny_sga_data, tmp_path):
+    """Keywords -> English with one sga_mask_predict model: Mask-Predict iterations with and
+    without denoising, and the zero-iteration (CTC alignment) rows."""
+    raw, plm = tiny_sga_data
+    out = cli("python", "-m", "fairseq_plm.recipes.sga_compare", "--raw", raw, "--plm", plm, "-s", "de", "-t", "en",
+              "--out", tmp_path / "out", "--systems", "free_gen", "--t4-iterations", "2", "--speed-runs", "0",
+              *SGA_COMPARE).stdout
+    rows = table_rows(out, "Table 4")
+    assert [(r[0], r[1]) for r in rows] == [("w/o denoising", "2"), ("w/o denoising (CTC alignment alone)", "0"),
+                                          ("w. denoising", "0"), ("w. denoising", "2")]
+    for group, it, bleu, meteor, bs1, batched in rows:
+        assert 0.0 <= float(bleu) <= 100.0 and bs1 == "n/a" and float(batched) > 0
+    task = tmp_path / "out" / "free_gen" / "raw"
+    test_en = (task / "test.en").read_text().splitlines()
+    assert test_en == list(dict.fromkeys((raw / "test.en").read_text().splitlines()))  # the held-out English
+    assert not set(test_en) & set((task / "train.en").read_text().splitlines())
+    assert "Table 1" not in out
+
+
+def test_sga_compare_help_documents_budget_data_and_plm(capsys):
+    from fairseq_plm.recipes import sga_compare
+
+    with pytest.raises(SystemExit):
+        sga_compare.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--plm", "--raw", "--minutes", "--max-update", "--systems", "--free-gen-raw", "xlmr_at_init",
+                 "free_gen"):
+        assert flag in text
+    with pytest.raises(SystemExit):
+        sga_compare.parse_args(["--plm", "x", "--out", "y"])  # no budget
+    assert "give a training budget" in capsys.readouterr().err
+
+
+def test_keywords_task():
+    from fairseq_plm.recipes import keywords_data as kd
+
+    s = "Could not open the file for writing: the disk is full"
+    assert kd.content_words(s) == ["open", "file", "writing", "disk", "full"]
+    assert sorted(kd.keywords(s)) == sorted(kd.content_words(s)) and kd.keywords(s) == kd.keywords(s)
+    assert any(kd.keywords(t) != kd.content_words(t) for t in (s, "Save the current document to a new file name"))
+    assert kd.content_words("It is what it is") == []
+    assert kd.make_pairs(["It is", s, s]) == [(" ".join(kd.keywords(s)), s)]  # no content word; duplicates
+
+
+# ------------------------------------------------------------------ Table 3 data: XGLUE QG, MTG
+
+def _write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def test_question_generation_data_with_machine_translated_training_questions(trained, tmp_path):
+    """XGLUE QG layout from local files; the En->De training questions translated by a
+    user-given fairseq model (here the tiny MSP En->De model) through fairseq-plm-interactive."""
+    import os
+
+    from fairseq_plm.recipes import sga_generation_data as sgd
+
+    en = (open(os.path.join(trained["raw"], "train.en"), encoding="utf-8").read().splitlines())
+    xglue = tmp_path / "QG"
+    _write(xglue / "xglue.qg.en.src.train", [f"passage {i}: {s}" for i, s in enumerate(en[:6])])
+    _write(xglue / "xglue.qg.en.tgt.train", en[6:12])
+    for lang in ("en", "de"):
+        for split in ("dev", "test"):
+            _write(xglue / f"xglue.qg.{lang}.src.{split}", [f"{lang} {split} passage {i}" for i in range(3)])
+            _write(xglue / f"xglue.qg.{lang}.tgt.{split}", [f"{lang} {split} question {i}" for i in range(3)])
+    mt = (f"{trained['data']} --path {os.path.join(trained['save'], 'checkpoint_last.pt')} --task plm_translation "
+          f"-s {{src}} -t {{tgt}} --beam 2 --max-len-a 0 --max-len-b 8 --cpu --bpe sentencepiece "
+          f"--sentencepiece-model {os.path.join(trained['plm'], 'spiece.model')}")
+    out = tmp_path / "out"
+    cli("python", "-m", "fairseq_plm.recipes.sga_generation_data", "qg", "--xglue", xglue, "--langs", "en,de",
+        "--mt", mt, "--out", out)
+    lines = lambda p: p.read_text(encoding="utf-8").splitlines()  # noqa: E731
+    assert lines(out / "qg" / "en-en" / "train.tgt") == en[6:12]                       # En->En: the originals
+    assert lines(out / "qg" / "en-de" / "train.src") == lines(xglue / "xglue.qg.en.src.train")  # English passages
+    translated = lines(out / "qg" / "en-de" / "train.tgt")
+    assert len(translated) == 6 and translated != en[6:12]                           # questions in "German"
+    assert translated == lines(out / "qg" / "mt" / "train.question.de")               # cached for reruns
+    assert lines(out / "qg" / "en-de" / "test.src") == lines(xglue / "xglue.qg.de.src.test")  # De->De test
+    assert lines(out / "qg" / "en-de" / "valid.tgt") == lines(xglue / "xglue.qg.de.tgt.dev")
+    with pytest.raises(ValueError, match="pass --mt"):
+        sgd.question_generation(str(xglue), str(tmp_path / "again"), ["de"])
+
+
+def test_story_generation_data_pairs_multiway_lines(tmp_path):
+    from fairseq_plm.recipes import sga_generation_data as sgd
+
+    mtg = tmp_path / "SG"
+    for lang in ("en", "de"):
+        for split in ("train", "dev", "test"):
+            _write(mtg / lang / f"{split}.src", [f"{lang} {split} story start {i}" for i in range(4)])
+            _write(mtg / lang / f"{split}.tgt", [f"{lang} {split} story end {i}" for i in range(4)])
+    manifest = sgd.story_generation(str(mtg), str(tmp_path / "out"), ["en", "de"])
+    assert manifest == {"en-en": {"train": 4, "valid": 4, "test": 4}, "de-en": {"train": 4, "valid": 4, "test": 4}}
+    out = tmp_path / "out" / "sg" / "de-en"
+    assert (out / "valid.src").read_text().splitlines()[2] == "de dev story start 2"
+    assert (out / "valid.tgt").read_text().splitlines()[2] == "en dev story end 2"
+    _write(mtg / "de" / "test.src", ["one line"])
+    with pytest.raises(ValueError, match="multi-way parallel"):
+        sgd.story_generation(str(mtg), str(tmp_path / "out2"), ["de"])

@@ -4,7 +4,8 @@
   over target tokens (``sample_size`` = target tokens, as fairseq's
   ``label_smoothed_cross_entropy``); for the Mask-Predict model it is the mean over masked
   tokens plus the length loss (``sample_size`` = 1, as fairseq's ``nat_loss``).
-* L_TWP (Eq. 15): -log P(y_j | r^A_N), averaged over the target words;
+* L_TWP (Eq. 15): -log P(y_j | r^A_N), averaged over the words of the target bags (y_bow: a
+  set by default, ``--twp-bag``);
 * L_TSP (Eq. 17): the contrastive cross-entropy of each source against its candidates,
   averaged over sentences;
 * L_MLM (Eq. 8): masked-token NLL averaged over the masked source tokens.

@@ -21,7 +21,9 @@ and "Transformer-12 + mBERT encoder" (164M, Table 2).
 Partitioned multi-task learning (Figure 2, Eq. 15-18), L = L_T + L_TWP + L_TSP + L_MLM:
   * L_T (translation) trains the decoder and the coordinator: the coordinator reads the PTM's
     states through a stop-gradient (``--ptm-update all_tasks`` lets L_T train the PTM too);
-  * L_TWP (target bag of words from r^A_N, the mean of R^A_N; Eq. 15-16) and L_TSP
+  * L_TWP (target bag of words from r^A_N, the mean of R^A_N; Eq. 15-16; y_bow is "an
+    unordered set containing all words": each distinct target word counts once,
+    ``--twp-bag multiset`` counts every occurrence) and L_TSP
     (contrastive target sentence prediction, cosine similarity of g(x) and g(y), g a linear
     projection; Eq. 17) train the coordinator and the PTM;
   * L_MLM (BERT's masked LM on the source) trains the PTM only.
@@ -81,6 +83,10 @@ class FusionArgs(PLMArgs):
                                                  "all_tasks: L_T trains the PTM too; frozen: no task trains "
                                                  "the PTM (Table 6)"})
     no_twp: bool = field(default=False, metadata={"help": "drop target words prediction (Table 6: -L_TWP)"})
+    twp_bag: ChoiceEnum(["set", "multiset"]) = field(
+        default="set", metadata={"help": "TWP's bag of words y_bow (Eq. 15): set (the paper: 'an unordered set "
+                                         "containing all words', each distinct word once) or multiset (every "
+                                         "occurrence counts)"})
     no_tsp: bool = field(default=False, metadata={"help": "drop target sentence prediction (Table 6: -L_TSP)"})
     no_mlm: bool = field(default=False, metadata={"help": "drop the masked-LM task on the source"})
     mlm_prob: float = field(default=0.15, metadata={"help": "MLM: share of source tokens chosen (BERT: 0.15)"})
@@ -89,6 +95,13 @@ class FusionArgs(PLMArgs):
                                        "replaced or deleted (paper: 50%)"})
     tsp_temperature: float = field(
         default=1.0, metadata={"help": "TSP: cosine similarities are divided by this (Eq. 17: 1)"})
+    decoder_like_ptm: bool = field(
+        default=False, metadata={"help": "decoder layers, width, FFN width and heads = the PTM's (set by "
+                                         "--arch xlmr_at_init)"})
+    share_ptm_embeddings: bool = field(
+        default=False, metadata={"help": "the decoder's input and output embeddings are the PTM's word "
+                                         "embeddings (the target vocabulary must be the PTM's; set by "
+                                         "--arch xlmr_at_init)"})
 
 
 def masked_mean(x, padding_mask):
@@ -229,9 +242,11 @@ class FusionEncoder(FairseqEncoder):
     def auxiliary_outputs(self, encoder_out, src_tokens, target, ptm_target):
         """Inputs of the partitioned tasks' losses (computed by the ``deep_fusion_loss`` criterion)."""
         out = {}
-        if self.heads.twp is not None:  # Eq. (15): -sum_j log P(y_j | r^A_N)
+        if self.heads.twp is not None:  # Eq. (15): -sum_{y_j in y_bow} log P(y_j | r^A_N)
             lprobs = F.log_softmax(self.heads.twp(encoder_out["summary"][0]).float(), dim=-1)
             words = ~torch.isin(target, torch.tensor(self.target_specials, device=target.device))
+            if self.cfg.twp_bag == "set":
+                words = words & ~repeated_earlier(target)
             out["twp"] = {"lprobs": lprobs.gather(1, target), "mask": words}
         if self.heads.tsp is not None:
             if ptm_target is None:
@@ -267,6 +282,14 @@ class FusionEncoder(FairseqEncoder):
         hidden = self.plm(inputs, padding_mask=pad).hidden
         logits = self.plm.logits(hidden[chosen]).float()
         return {"lprobs": F.log_softmax(logits, dim=-1), "targets": tokens[chosen]}
+
+
+def repeated_earlier(tokens):
+    """[B, T] -> bool, True where the token already occurred earlier in its row: dropping
+    those positions leaves each row's set of words (TWP's y_bow, Eq. 15)."""
+    same = tokens[:, :, None] == tokens[:, None, :]                               # [B, T(j), T(k)]
+    earlier = torch.ones(tokens.size(1), tokens.size(1), dtype=torch.bool, device=tokens.device).tril(-1)
+    return (same & earlier).any(dim=-1)
 
 
 def tsp_candidates(b, device):
@@ -341,6 +364,11 @@ class FusionModelMixin:
                                   f"bidirectional encoder (mBERT, XLM-R)")
         src = task.source_dictionary
         check_dictionary(src, plm, args.plm, what=f"dict.{task.cfg.source_lang}.txt", data=task.cfg.data)
+        if args.decoder_like_ptm:  # the PTM's shape, whatever the architecture's defaults said
+            c = plm.cfg
+            args.decoder_layers, args.decoder_embed_dim = c.num_layers, c.hidden_size
+            args.decoder_ffn_embed_dim, args.decoder_attention_heads = c.intermediate_size, c.num_heads
+            args.encoder_embed_dim = args.decoder_input_dim = args.decoder_output_dim = c.hidden_size
         if args.coordinator == "layerwise":
             if args.fusion_layers < 1 or plm.cfg.num_layers % args.fusion_layers:
                 raise FairseqPLMError(f"--fusion-layers {args.fusion_layers} does not divide the PTM's "
@@ -363,9 +391,24 @@ class FusionModelMixin:
         return FusionEncoder(args, src, plm, task.target_dictionary)
 
     @classmethod
-    def build_target_embedding(cls, args, task):
+    def build_target_embedding(cls, args, task, plm):
         d = task.target_dictionary
-        return Embedding(len(d), args.decoder_embed_dim, d.pad())
+        if not args.share_ptm_embeddings:
+            return Embedding(len(d), args.decoder_embed_dim, d.pad())
+        # the PTM's word embeddings, read through an nn.Embedding that knows the padding id
+        # (fairseq's decoder takes it from there); one shared Parameter, trained by both sides
+        if list(d.symbols) != list(task.source_dictionary.symbols) or len(d) != plm.cfg.vocab_size:
+            raise FairseqPLMError(
+                f"--share-ptm-embeddings: the target dictionary (dict.{task.cfg.target_lang}.txt, {len(d)} "
+                f"entries) must be the PTM's vocabulary ({plm.cfg.vocab_size} entries, as dict."
+                f"{task.cfg.source_lang}.txt): binarize the target with --tgtdict {args.plm} "
+                f"(--task plm_translation data)")
+        if args.decoder_embed_dim != plm.cfg.hidden_size:
+            raise FairseqPLMError(f"--share-ptm-embeddings: --decoder-embed-dim must be the PTM's "
+                                  f"{plm.cfg.hidden_size}")
+        embed = nn.Embedding(len(d), plm.cfg.hidden_size, padding_idx=d.pad())
+        embed.weight = plm.word_embeddings.weight
+        return embed
 
     def max_positions(self):
         return self.encoder.max_positions(), self.decoder.max_positions()
@@ -388,7 +431,7 @@ class DeepFusionModel(FusionModelMixin, FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         deep_fusion_base(args)
         encoder = cls.build_fusion_encoder(args, task)
-        decoder = FusionDecoder(args, task.target_dictionary, cls.build_target_embedding(args, task))
+        decoder = FusionDecoder(args, task.target_dictionary, cls.build_target_embedding(args, task, encoder.plm))
         return cls(args, encoder, decoder)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, tgt_tokens=None, ptm_target=None, **kwargs):
@@ -416,7 +459,8 @@ class DeepFusionCMLMModel(FusionModelMixin, CMLMNATransformerModel):
         if getattr(args, "src_embedding_copy", False):
             raise FairseqPLMError("--src-embedding-copy is not supported by deep_fusion_cmlm")
         encoder = cls.build_fusion_encoder(args, task)
-        decoder = FusionNATDecoder(args, task.target_dictionary, cls.build_target_embedding(args, task))
+        decoder = FusionNATDecoder(args, task.target_dictionary,
+                                   cls.build_target_embedding(args, task, encoder.plm))
         return cls(args, encoder, decoder)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, ptm_target=None, **kwargs):
@@ -486,3 +530,34 @@ def deep_fusion_frozen_mbert_encoder(args):
     """Table 2, line 3: Transformer-12 with a frozen mBERT as its encoder."""
     _table2_baseline(args, "frozen")
     deep_fusion_base(args)
+
+
+@register_model_architecture("deep_fusion", "xlmr_at_init")
+def xlmr_at_init(args):
+    """SGA Table 1's "XLM-R w. AT initialization" (§5.2: "we initialize the encoder of an
+    autoregressive Transformer with the weights of XLM-R, and fine-tune the whole parameters"):
+    the PTM is the encoder, fine-tuned by the translation loss, with no coordinator (the
+    decoder attends its top layer) and no auxiliary task. The paper gives the parameter counts
+    only (390M with XLM-R base, 960M with large); what matches them: a decoder of the PTM's
+    shape (as many layers, width, FFN and heads: 12 x 768 for base, 24 x 1024 for large) whose
+    input and output embeddings are XLM-R's own word embeddings, so that the target is in
+    XLM-R's vocabulary (SGA's ``plm_translation`` data): 278M + 113M = 391M, 560M + 403M =
+    963M. Our choices where the paper says nothing: the decoder reads those embeddings as
+    XLM-R reads them, unscaled and followed by a LayerNorm (``--no-scale-embedding
+    --layernorm-embedding``); sinusoidal positions, post-norm, dropout 0.1 (fairseq's
+    transformer defaults). Training setting (§5.1, fine-tuning PLMs): lr 3e-5, 4K tokens per
+    batch, at most 80K updates."""
+    _table2_baseline(args, "all_tasks")
+    args.decoder_like_ptm = args.share_ptm_embeddings = True
+    args.no_scale_embedding = args.layernorm_embedding = True
+    deep_fusion_base(args)
+
+
+@register_model_architecture("cmlm_transformer", "cmlm_transformer_two_vocab")
+def cmlm_transformer_two_vocab(args):
+    """fairseq's Mask-Predict (``cmlm_transformer``) with a source and a target vocabulary of
+    their own, the NAT baseline next to deep fusion (Table 3) on data whose source is in the
+    PTM's vocabulary: ``cmlm_base_architecture`` shares all embeddings, which needs one joined
+    dictionary, and fairseq has no flag that turns this off."""
+    args.share_all_embeddings = False
+    cmlm_base_architecture(args)

@@ -19,16 +19,22 @@ Prompts use MSP's scaled reparameterization (Eq. 8-10 of MSP).
 Alignment objectives (``--alignment``):
   ``ctc``           translation: Y_blank is r x |x| ``<mask>`` tokens (``--upsample-ratio``,
                     default 2) and L_1 is CTC. The CTC blank is ``<mask>`` (see nat/ctc.py).
+                    ``--ctc-canvas predicted`` (``--arch sga_ctc_free``): r x the length
+                    predictor's |y| instead, for free generation.
   ``mask_predict``  free generation: a length predictor on the mean of h_s^L, a masked-token
                     loss on the target with n ~ U{1..|y|} tokens masked, and Mask-Predict
                     decoding (``--mask-predict-iterations``, default 4 as in Table 3).
 
 Denoising is a CTC unit over a canvas of fixed length: after the alignment the canvas holds
 B(T_0) *in place* (merged repeats and blanks become ``<mask>``). For Mask-Predict the |y|
-tokens are first duplicated (x2, §4.4). Training feeds the detached T_0 with random
-deletion/repetition noise; inference loops until the output stops changing or
+tokens are first duplicated (x2, §4.4). Training (``--denoiser-training``): by default the
+paper's pairs (Y, T_i), T_0 the detached alignment output with random deletion/repetition
+noise and T_1.. the denoiser's own outputs (``--denoise-train-steps``, 2); ``noised_t0``
+trains on the noised T_0 alone. Inference loops until the output stops changing or
 ``--iter-decode-max-iter`` loops ran (fairseq's ``IterativeRefinementGenerator``: step 0 is
-the alignment, steps 1.. are denoising loops).
+the alignment, steps 1.. are denoising loops). With Mask-Predict, ``mask_predict_iterations``
+0 (Table 4's zero-iteration row) skips the Mask-Predict pass: the CTC denoiser aligns a blank
+canvas of twice the predicted length.
 
 Details the authors' code gets wrong and we do not: source padding is masked in every unit,
 XLM-R position ids start at padding_idx + 1 (the backbone's default), the canvas is sized per
@@ -64,13 +70,27 @@ class SGAConfig(FastPromptArgs):
                                          "(free generation: question/story generation)"})
     upsample_ratio: int = field(
         default=2, metadata={"help": "CTC canvas length = ratio x source length (§4.3)"})
+    ctc_canvas: ChoiceEnum(["source", "predicted"]) = field(
+        default="source", metadata={"help": "CTC alignment canvas: source: upsample_ratio x |x| (translation); "
+                                            "predicted: upsample_ratio x the length predictor's |y| (free "
+                                            "generation, where |y| does not follow |x|; a separately trained "
+                                            "CTC model for Table 4's zero-iteration row)"})
     no_denoising: bool = field(
         default=False, metadata={"help": "alignment only: 'SGA w/o. denoising' (Table 1)"})
     noise_prob: float = field(
         default=0.2, metadata={"help": "denoiser training noise: each sentence draws p ~ U(0, noise_prob) "
                                        "and deletes or repeats each token with probability p (§4.4)"})
+    denoiser_training: ChoiceEnum(["own_outputs", "noised_t0"]) = field(
+        default="own_outputs", metadata={"help": "own_outputs (§4.4, the paper): L_2 over the pairs (Y, T_i), "
+                                                 "T_0 the alignment's output (noised), T_1.. the denoiser's own "
+                                                 "outputs (--denoise-train-steps of them); noised_t0: L_2 on the "
+                                                 "noised T_0 only"})
+    denoise_train_steps: int = field(
+        default=2, metadata={"help": "own_outputs: denoiser inputs per training sentence, T_0 .. T_{k-1}"})
     mask_predict_iterations: int = field(
-        default=4, metadata={"help": "Mask-Predict alignment iterations at inference (Table 3: 4)"})
+        default=4, metadata={"help": "Mask-Predict alignment iterations at inference (Table 3: 4; Table 4: 0, 2, "
+                                     "4, 8). 0: no Mask-Predict pass, the CTC denoiser aligns a blank canvas "
+                                     "of twice the predicted length (Table 4's zero-iteration row)"})
     max_target_length: int = field(
         default=256, metadata={"help": "Mask-Predict length predictor classes 0..N-1"})
     length_loss_factor: float = field(
@@ -187,14 +207,21 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
             return DeepPrompt(c.num_layers, c.num_heads, c.head_dim, cfg.prompt_length,
                               scaled=not cfg.no_scaled_reparam)
 
-        length_classes = cfg.max_target_length if cfg.alignment == "mask_predict" else 0
+        length_classes = cfg.max_target_length if cls.predicts_length(cfg) else 0
         encoder = SemanticEncoder(dictionary, plm, prompt(), cfg.upsample_ratio, length_classes)  # theta_ps, W_K, W_V
         return cls(cfg, encoder, prompt(), None if cfg.no_denoising else prompt(), dictionary,    # theta_pa, theta_pd
                    output_shortlist)
 
+    @staticmethod
+    def predicts_length(cfg):
+        return cfg.alignment == "mask_predict" or cfg.ctc_canvas == "predicted"
+
     def max_positions(self):
         usable = self.plm.cfg.usable_positions - 2
-        tgt = usable // 2 if (self.cfg.alignment == "mask_predict" and self.denoise_prompt is not None) else usable
+        if self.cfg.alignment == "ctc" and self.cfg.ctc_canvas == "predicted":
+            tgt = usable // self.cfg.upsample_ratio  # the canvas r x |y|
+        else:
+            tgt = usable // 2 if (self.cfg.alignment == "mask_predict" and self.denoise_prompt is not None) else usable
         return self.encoder.max_positions(), tgt
 
     # ------------------------------------------------------------------ units
@@ -233,9 +260,14 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         """The CTC blank as an index into unit()'s output (its id without a shortlist)."""
         return int(self._output_index(torch.tensor(self.blank, device=self.forbidden.device)))
 
-    def ctc_canvas(self, encoder_out):
-        """Y_blank: r x |x| blanks per sentence (at least one)."""
-        n = encoder_out["src_content_lengths"][0].clamp(min=1) * self.cfg.upsample_ratio
+    def ctc_canvas(self, encoder_out, target_lengths=None):
+        """Y_blank: r x |x| blanks per sentence (at least one); with ``--ctc-canvas predicted``
+        r x |y|, |y| the target's length in training and the predicted one at inference."""
+        if self.cfg.ctc_canvas == "predicted":
+            n = target_lengths if target_lengths is not None else self._predicted_lengths(encoder_out)
+            n = n.clamp(min=1) * self.cfg.upsample_ratio
+        else:
+            n = encoder_out["src_content_lengths"][0].clamp(min=1) * self.cfg.upsample_ratio
         mask = lengths_to_mask(n)
         return torch.full(mask.shape, self.blank, dtype=torch.long, device=mask.device), mask
 
@@ -257,8 +289,13 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         # what the losses compare unit() outputs with: shortlist positions under a shortlist
         scored_target, blank = self._output_index(target), self.blank_index
         terms = {}
+        if self.predicts_length(self.cfg):
+            lengths = target_mask.long().sum(dim=1).clamp(max=self.cfg.max_target_length - 1)
+            terms["length"] = {"lprobs": F.log_softmax(enc["length_logits"][0].float(), dim=-1),
+                               "targets": lengths, "mask": None, "factor": self.cfg.length_loss_factor,
+                               "no_smoothing": True}
         if self.cfg.alignment == "ctc":
-            canvas, canvas_mask = self.ctc_canvas(enc)
+            canvas, canvas_mask = self.ctc_canvas(enc, target_mask.long().sum(dim=1))
             lprobs = self.unit(self.align_prompt, canvas, canvas_mask, enc)                  # Eq. (4)
             terms["align-ctc"] = {"ctc": True, "lprobs": lprobs, "input_mask": canvas_mask,
                                   "targets": scored_target, "target_mask": target_mask, "blank": blank}
@@ -269,20 +306,41 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
             masked = random_target_mask(target_mask)
             lprobs = self.unit(self.align_prompt, target.masked_fill(masked, self.blank), target_mask, enc)
             terms["align-mask-predict"] = {"lprobs": lprobs, "targets": scored_target, "mask": masked}
-            lengths = target_mask.long().sum(dim=1).clamp(max=self.cfg.max_target_length - 1)
-            terms["length"] = {"lprobs": F.log_softmax(enc["length_logits"][0].float(), dim=-1),
-                               "targets": lengths, "mask": None, "factor": self.cfg.length_loss_factor,
-                               "no_smoothing": True}
             if self.denoise_prompt is not None:
                 t0 = torch.where(masked, self._output_ids(lprobs.detach().argmax(-1)), target)  # the alignment's output
                 noisy_in, canvas_mask = upsample_by_duplication(t0, target_mask)
         if self.denoise_prompt is not None:
             if self.training:
                 noisy_in = deletion_repetition_noise(noisy_in, canvas_mask, self.blank, self.cfg.noise_prob)
-            lprobs2 = self.unit(self.denoise_prompt, noisy_in, canvas_mask, enc)               # Eq. (6)
-            terms["denoise-ctc"] = {"ctc": True, "lprobs": lprobs2, "input_mask": canvas_mask,
-                                    "targets": scored_target, "target_mask": target_mask, "blank": blank}
+            terms["denoise-ctc"] = self.denoiser_training_term(noisy_in, canvas_mask, scored_target, target_mask, enc)
         return terms
+
+    def denoiser_training_term(self, noisy_t0, canvas_mask, target, target_mask, enc):
+        """L_2 (§4.4): CTC of Y given the denoiser's output on each of its training inputs
+        (``target``: Y as indices into unit()'s output, i.e. shortlist positions under a shortlist).
+
+        ``own_outputs`` (default, the paper: "the CTC loss L_2 given training pair (Y, T_i)
+        where T_i is the output sequence at the i-th step"): the inputs are T~_0 (the
+        alignment's output with deletion/repetition noise, Eq. 6) and then the denoiser's own
+        outputs T_i = B(argmax f_LM(theta_pd, T_{i-1})) collapsed in place, for
+        ``--denoise-train-steps`` inputs in all, as the inference loop feeds them. Our reading:
+        the noise of Eq. (6) is applied to T_0 only (the paper writes T~_0; the later T_i are
+        fed back as they are at inference), each T_i is detached (a fixed input, as at
+        inference), and L_2 is the mean over the inputs, so that Eq. (7) stays L_1 + L_2 at any
+        number of steps. ``noised_t0``: the noised T_0 alone (one input)."""
+        steps = self.cfg.denoise_train_steps if self.cfg.denoiser_training == "own_outputs" else 1
+        if steps < 1:
+            raise FairseqPLMError(f"--denoise-train-steps={steps}: expected >= 1")
+        inputs, lprobs = noisy_t0, []
+        for i in range(steps):
+            lp = self.unit(self.denoise_prompt, inputs, canvas_mask, enc)                   # Eq. (6)
+            lprobs.append(lp)
+            if i + 1 < steps:  # T_{i+1}, the next input: fed back as at inference
+                inputs = self._denoiser_input(self._collapse(lp.detach(), canvas_mask)[0], canvas_mask)
+        # the steps as one batch: one CTC term, its per-token mean is the mean over the steps
+        return {"ctc": True, "lprobs": torch.cat(lprobs, dim=0), "input_mask": canvas_mask.repeat(steps, 1),
+                "targets": target.repeat(steps, 1), "target_mask": target_mask.repeat(steps, 1),
+                "blank": self.blank_index}
 
     # ------------------------------------------------------------------ inference
     # fairseq's IterativeRefinementGenerator contract: forward_encoder, initialize_output_tokens,
@@ -313,13 +371,15 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
                 canvas, canvas_mask = self.ctc_canvas(encoder_out)
                 out, _, scores = self._collapse(self.unit(self.align_prompt, canvas, canvas_mask, encoder_out),
                                                 canvas_mask)
-            else:
+            elif self.cfg.mask_predict_iterations > 0:
                 out, scores = self.mask_predict(encoder_out)
+            else:
+                out, scores = self.zero_iteration_alignment(encoder_out)
         elif self.denoise_prompt is None:
             return decoder_out  # nothing to refine: a fixed point, the generator stops
         else:
             canvas_mask = self._denoise_canvas(encoder_out)
-            if self.cfg.alignment == "mask_predict" and step == 1:
+            if self.cfg.alignment == "mask_predict" and step == 1 and self.cfg.mask_predict_iterations > 0:
                 n = self._predicted_lengths(encoder_out)
                 tokens, _ = upsample_by_duplication(tokens[:, :int(n.max())], lengths_to_mask(n))
             tokens = tokens[:, :canvas_mask.size(1)]  # finished sentences may have left wider ones
@@ -333,6 +393,21 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         if self.cfg.alignment == "ctc":
             return self.ctc_canvas(encoder_out)[1]
         return lengths_to_mask(self._predicted_lengths(encoder_out) * 2)
+
+    def zero_iteration_alignment(self, encoder_out):
+        """Table 4, "# Iter. 0" ("using CTC alignment alone"): no Mask-Predict pass; the CTC
+        denoiser reads Y_blank, a canvas of 2 x the predicted length (the x2 of §4.4) holding
+        only ``<mask>``, and its collapsed output is T_0. Later steps are ordinary denoising
+        loops (``--iter-decode-max-iter 0``: this CTC alignment alone). Our reading of the row;
+        the other one, a separately trained model whose alignment unit is CTC over a canvas of
+        r x the predicted length, is ``--arch sga_ctc_free`` (``--ctc-canvas predicted``)."""
+        if self.denoise_prompt is None:
+            raise FairseqPLMError("mask_predict_iterations=0 aligns with the CTC denoiser, and this model has "
+                                  "none (--arch sga_mask_predict_no_denoising): use 1 or more iterations")
+        canvas_mask = self._denoise_canvas(encoder_out)
+        canvas = torch.full(canvas_mask.shape, self.blank, dtype=torch.long, device=canvas_mask.device)
+        out, _, scores = self._collapse(self.unit(self.denoise_prompt, canvas, canvas_mask, encoder_out), canvas_mask)
+        return out, scores
 
     @torch.no_grad()
     def mask_predict(self, encoder_out):
@@ -387,6 +462,20 @@ def sga_xlmr_base_no_denoising(args):
 def sga_xlmr_large_no_denoising(args):
     sga_no_denoising(args)
     sga_xlmr_large(args)
+
+
+# free generation with CTC alignment over r x the predicted target length: Table 4's
+# zero-iteration row read as a separately trained CTC model (the default reading is
+# mask_predict_iterations=0 on the Mask-Predict model, see ``zero_iteration_alignment``)
+@register_model_architecture("sga", "sga_ctc_free")
+def sga_ctc_free(args):
+    args.ctc_canvas = getattr(args, "ctc_canvas", "predicted")
+
+
+@register_model_architecture("sga", "sga_ctc_free_no_denoising")
+def sga_ctc_free_no_denoising(args):
+    sga_no_denoising(args)
+    sga_ctc_free(args)
 
 
 # free generation (question / story generation, Table 3-4): Mask-Predict alignment

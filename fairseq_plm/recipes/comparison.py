@@ -1,0 +1,174 @@
+"""What the one-table comparison recipes (``sga_compare``, ``fusion_compare``) share: a
+per-system training budget, resumable runs, decoding the whole test split at batch size 1 and
+batched, sacrebleu BLEU with its signature, and what each system reached in its budget.
+
+Resuming. Everything a system produced lives in ``OUT/<system>/``:
+
+* ``trained.json`` is written once ``fairseq-plm-train`` finished the budget; a rerun does
+  not train that system again. Without it, a rerun calls ``fairseq-plm-train`` again, which
+  continues from ``checkpoint_last.pt`` (fairseq's default) with the budget counted from the
+  first run: fairseq stores the training time spent in the checkpoint and ``--stop-time-hours``
+  compares the total, ``--max-update`` counts updates from the start;
+* ``<decoding>.json`` (one per decoding run: BLEU, speed) is written once that run finished;
+  a rerun skips it.
+
+So a killed comparison resumes where it stopped (losing at most the training since the last
+checkpoint: ``--save-interval-updates``), and a finished one prints its table again at once.
+Files are written to a temporary name and renamed, so a kill never leaves a half-written one.
+
+Equal budgets: ``--minutes`` is fairseq's ``--stop-time-hours``, the wall-clock time since the
+trainer started (validation and checkpoint saving included), checked after every update. Each
+row reports the updates it reached and the training minutes it used.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+
+from .common import run_cli
+
+
+def add_budget_args(ap, max_epoch=False):
+    budget = ap.add_argument_group("training budget, the same for every system (at least one)")
+    budget.add_argument("--minutes", type=float,
+                        help="wall-clock training minutes per system (fairseq --stop-time-hours; validation and "
+                             "checkpoint saving count); a resumed system continues its count")
+    budget.add_argument("--max-update", type=int, help="updates per system")
+    if max_epoch:
+        budget.add_argument("--max-epoch", type=int, help="epochs per system")
+    budget.add_argument("--save-interval-updates", type=int, default=500,
+                        help="also save checkpoint_last.pt (and validate) every N updates, so that a killed run "
+                             "loses at most N updates (0: at the end of each epoch only)")
+    return budget
+
+
+def check_budget(ap, args):
+    if not (args.minutes or args.max_update or getattr(args, "max_epoch", None)):
+        ap.error("give a training budget per system: --minutes and/or --max-update"
+                 + (" and/or --max-epoch" if hasattr(args, "max_epoch") else ""))
+
+
+def budget_flags(args):
+    flags = []
+    if args.minutes:
+        flags += ["--stop-time-hours", args.minutes / 60]
+    flags += ["--max-update", args.max_update or 10 ** 9]
+    if getattr(args, "max_epoch", None):
+        flags += ["--max-epoch", args.max_epoch]
+    if args.save_interval_updates:
+        flags += ["--save-interval-updates", args.save_interval_updates, "--keep-interval-updates", 1]
+    return flags
+
+
+def device_flags(args):
+    import torch
+
+    return ["--cpu"] if args.cpu or not torch.cuda.is_available() else []
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def cached(path, compute, redo=False):
+    """The JSON at ``path`` if an earlier run wrote it, else ``compute()`` written there."""
+    if os.path.exists(path) and not redo:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    obj = compute()
+    write_json(path, obj)
+    return obj
+
+
+def checkpoint_state(path):
+    """Updates done, training minutes spent and best validation loss, from a fairseq checkpoint."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # not a zip-format file: no mmap
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    extra = state.get("extra_state") or {}
+    history = state.get("optimizer_history") or [{}]
+    best = extra.get("best")
+    return {"updates": int(history[-1].get("num_updates", 0)),
+            "train_minutes": round(float(extra.get("previous_training_time", 0.0)) / 60, 2),
+            "best_valid_loss": float(best) if best is not None else float("nan")}
+
+
+def budget_spent(state, args):
+    return bool((args.max_update and state["updates"] >= args.max_update)
+                or (args.minutes and state["train_minutes"] >= args.minutes))
+
+
+def train(save, data, flags, args, env=None):
+    """``fairseq-plm-train`` for one system into ``save`` (resumed from its checkpoint_last.pt),
+    once: the summary (parameters, updates, minutes, best valid loss) is cached in trained.json."""
+    os.makedirs(save, exist_ok=True)
+
+    last, log = os.path.join(save, "checkpoint_last.pt"), os.path.join(save, "train.log")
+
+    def run():
+        # a run killed after its last checkpoint but before trained.json: fairseq would do one more update
+        if not (os.path.exists(last) and budget_spent(checkpoint_state(last), args)):
+            run_cli("fairseq-plm-train", data, *flags, *budget_flags(args), "--seed", args.seed, "--save-dir", save,
+                    "--no-epoch-checkpoints", "--num-workers", "0", "--no-progress-bar", "--log-format", "simple",
+                    "--log-interval", args.log_interval, "--log-file", log, *device_flags(args),
+                    *shlex.split(args.train_extra), env=env)
+        with open(log, encoding="utf-8") as f:  # every run of this system appended to it
+            # "num. model params" (older fairseq) or "num. shared model params" (+ "expert", 0 here)
+            m = re.findall(r"num\. (?:shared )?model params: ([\d,]+) \(num\. trained: ([\d,]+)\)", f.read())
+        params, trained = (int(x.replace(",", "")) for x in m[-1])
+        return {"params": params, "trained_params": trained, **checkpoint_state(last)}
+
+    return cached(os.path.join(save, "trained.json"), run)
+
+
+def count_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def generate(data, flags, path, batch_size, out_file, n_expected, args, env=None):
+    """Decode the test split into ``out_file`` with ``fairseq-plm-generate``; fairseq's
+    sentences/s, after checking that every test sentence got a hypothesis."""
+    p = run_cli("fairseq-plm-generate", data, *flags, "--path", path, "--gen-subset", "test", "--batch-size",
+                batch_size, "--required-batch-size-multiple", "1", *device_flags(args),
+                *shlex.split(args.gen_extra), env=env)
+    tmp = out_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(p.stdout)
+    os.replace(tmp, out_file)
+    n_hyp = len(set(re.findall(r"^H-(\d+)\t", p.stdout, flags=re.M)))
+    if n_hyp != n_expected:
+        raise SystemExit(f"{n_hyp} of {n_expected} test sentences translated ({out_file})")
+    speed = re.search(r"Translated [\d,]+ sentences .*?\(([\d.]+) sentences/s", p.stdout + p.stderr)
+    return float(speed.group(1))
+
+
+def score(gen_out, ref, metrics=("bleu",)):
+    """``fairseq-plm-score`` (in this process) on the detokenized output against raw references:
+    {"bleu": .., "signature": .., "meteor": ..}; a metric whose packages are missing is None."""
+    from ..cli import score as score_cli
+
+    out = {}
+    for metric in metrics:
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                score_cli.main(["--generate-output", gen_out, "--ref", ref, "--metric", metric])
+        except SystemExit as e:  # ROUGE-L / METEOR without requirements-eval.txt
+            if metric == "bleu":
+                raise
+            out[metric], out[f"{metric}_note"] = None, str(e)
+            continue
+        m = re.search(r"^\S+ = ([\d.]+) \(.*?\) \| (.+)$", buf.getvalue(), flags=re.M)
+        out[metric] = float(m.group(1))
+        out["signature" if metric == "bleu" else f"{metric}_signature"] = m.group(2)
+    return out

@@ -77,6 +77,24 @@ def test_sp_and_ft_baselines(setup, tmp_path):
     assert "| FT | " in table and set(result["accuracy"]) == {"en", "de"}
 
 
+def test_pct_baseline_trains_with_augmented_templates_and_evaluates(setup, tmp_path):
+    save = str(tmp_path / "pct")
+    log = train(setup, save, "--arch", "mpt_pct", "--input-format", "pct", "--criterion", "pct_loss",
+                "--pct-langs", "de,fr", epochs=8).stdout
+    assert "train: 60 questions, each with a question under the template of one of de, fr (PCT)" in log
+    assert "ce_aug_loss" in log and "kld_loss" in log
+    table, result = evaluate(setup, save, "PCT")
+    assert "| PCT | " in table and result["accuracy"]["en"] > 50
+    p = cli("fairseq-plm-train", setup["data"], "--task", "mpt_nli", "--plm", setup["plm"], "--arch", "mpt_pct",
+            "--verbalizer", setup["verbalizer"], "--criterion", "pct_loss", "--batch-size", "8", "--cpu",
+            "--save-dir", str(tmp_path / "bad"), check=False)
+    assert p.returncode != 0 and "use --input-format pct" in p.stderr.strip().splitlines()[-1]
+    p = cli("fairseq-plm-train", setup["data"], "--task", "mpt_nli", "--plm", setup["plm"], "--arch", "mpt_pct",
+            "--input-format", "pct", "--pct-langs", "xx", "--verbalizer", setup["verbalizer"], "--criterion",
+            "pct_loss", "--batch-size", "8", "--cpu", "--save-dir", str(tmp_path / "bad"), check=False)
+    assert p.returncode != 0 and "no PCT template for language 'xx'" in p.stderr.strip().splitlines()[-1]
+
+
 def test_aggregate_gives_mean_and_sample_std_per_method(tmp_path):
     runs = [("MPT", {"en": 50.0, "de": 40.0}), ("MPT", {"en": 54.0, "de": 44.0}), ("SP", {"en": 45.0, "de": 30.0})]
     paths = []

@@ -10,6 +10,17 @@ meteor; ROUGE-L and METEOR are means of sentence scores x100 (see
 reads the ``D-`` (detokenized hypothesis) and ``T-`` (reference) lines, in sentence-id order;
 ``--source-as-hypothesis`` scores the ``S-`` lines instead (the copy-the-source baseline).
 Plain files work too: ``--hyp FILE --ref FILE``.
+
+Significance (``fairseq_plm.data.significance``, sacrebleu's implementation): two or more
+systems on the same references, the first being the baseline::
+
+    fairseq-plm-score --compare base.out sys1.out sys2.out [--names base,a,b] [--ref test.de] \
+        [--paired bs,ar] [--n-samples N] [--seed 12345]
+
+prints, per test, each system's BLEU, its bootstrap mean ± 95% confidence interval and the
+p-value against the baseline (paired bootstrap resampling: 1000 resamples; paired approximate
+randomization: 10000 trials). A system file is a fairseq-generate output (references from its
+T- lines unless --ref is given) or a plain hypothesis file (then --ref is needed).
 """
 
 import argparse
@@ -70,11 +81,14 @@ def main(argv=None):
                    help=f"metric(s) to print: {', '.join(METRICS)}; repeatable or a comma list "
                         "(default: bleu)")
     p.add_argument("--source-as-hypothesis", action="store_true", help="score the source (copy baseline)")
+    add_compare_args(p)
     args = p.parse_args(argv)
     try:
         metrics = parse_metrics(args.metric)
     except ValueError as e:
         p.error(str(e))
+    if args.compare:
+        return compare_systems(p, args, metrics)
     if args.generate_output:
         rows = read_generate_output(args.generate_output)
         ids = sorted(rows["T"])
@@ -107,6 +121,75 @@ def main(argv=None):
                 raise SystemExit(f"fairseq-plm-score: {e}")
             print(f"{label} = {value:.2f} ({len(hyps)} sentences) | {signature}")
         sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------ --compare (significance)
+
+def add_compare_args(p):
+    g = p.add_argument_group("significance (sacrebleu's paired tests)")
+    g.add_argument("--compare", nargs="+", metavar="SYSTEM",
+                   help="two or more systems' outputs (fairseq-generate outputs or plain hypothesis files) on the "
+                        "same references; the first is the baseline")
+    g.add_argument("--names", help="comma-separated system names for --compare (default: the file names)")
+    g.add_argument("--paired", default="bs,ar", help="tests: bs (paired bootstrap resampling), ar (paired "
+                                                     "approximate randomization), or bs,ar (default)")
+    g.add_argument("--n-samples", type=int, default=0,
+                   help="resamples (bs) / trials (ar); 0 = sacrebleu's defaults, 1000 / 10000")
+    g.add_argument("--seed", type=int, default=12345, help="seed of the resampling (sacrebleu's default 12345)")
+
+
+def _read_system(p, path, ref_lines):
+    """(hypotheses, references or None) of one --compare file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        p.error(f"--compare {path}: {e.strerror}")
+    if re.search(r"^T-\d+\t", text, flags=re.M):  # a fairseq-generate output
+        rows = read_generate_output(path)
+        ids = sorted(rows["T"])
+        refs = [rows["T"][i] for i in ids]
+        if ref_lines is not None:
+            if len(ref_lines) <= max(ids):
+                p.error(f"{path}: sentence id {max(ids)} but --ref has {len(ref_lines)} lines")
+            refs = [ref_lines[i] for i in ids]
+        return [rows["D"][i] for i in ids], refs
+    return text.splitlines(), None
+
+
+def compare_systems(p, args, metrics):
+    from ..data import significance
+
+    if len(args.compare) < 2:
+        p.error("--compare needs at least two systems (the first is the baseline)")
+    if metrics != ["bleu"]:
+        p.error(f"--compare tests BLEU only (got --metric {','.join(metrics)})")
+    names = args.names.split(",") if args.names else list(args.compare)
+    if len(names) != len(args.compare):
+        p.error(f"--names gives {len(names)} names for {len(args.compare)} systems")
+    tests = [t.strip() for t in args.paired.split(",") if t.strip()]
+    bad = [t for t in tests if t not in significance.TESTS]
+    if bad or not tests:
+        p.error(f"--paired {args.paired!r}: choose bs, ar or bs,ar")
+    ref_lines = open(args.ref, encoding="utf-8").read().splitlines() if args.ref else None
+    systems, refs = [], None
+    for name, path in zip(names, args.compare):
+        hyps, sys_refs = _read_system(p, path, ref_lines)
+        sys_refs = sys_refs if sys_refs is not None else ref_lines
+        if sys_refs is None:
+            p.error(f"{path} is a plain hypothesis file: give the references with --ref")
+        if len(hyps) != len(sys_refs):
+            p.error(f"{path} has {len(hyps)} hypotheses but the references have {len(sys_refs)} lines")
+        if refs is not None and sys_refs != refs:
+            p.error(f"{path}: its references differ from those of {args.compare[0]} (the systems must be "
+                    f"compared on the same test set)")
+        refs = sys_refs
+        systems.append((name, hyps))
+    for test in tests:
+        signature, results = significance.paired_test(systems, refs, test=test, tokenize=args.tokenize,
+                                                      n_samples=args.n_samples, seed=args.seed)
+        print(significance.format_paired_test(results, signature, test))
+        print(flush=True)
 
 
 if __name__ == "__main__":

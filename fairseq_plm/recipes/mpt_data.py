@@ -5,6 +5,7 @@
         --translate "fairseq-interactive MODEL_DATA --path MODEL.pt --source-lang en --target-lang {lang} ..."
     python -m fairseq_plm.recipes.mpt_data xnli-parallel --xnli-file XNLI-1.0/xnli.dev.tsv --out data/parallel_xnli.tsv
     python -m fairseq_plm.recipes.mpt_data gettext --out data/parallel.tsv
+    python -m fairseq_plm.recipes.mpt_data catalog-task --out catalog/
     python -m fairseq_plm.recipes.mpt_data synthetic --out synthetic/
 
 * ``paws15``: PAWS-15 as MPT §IV-A builds it: 500 English PAWS-X training pairs drawn with a
@@ -27,6 +28,11 @@
   (an unlabelled English dev pair and the same pair, by ``pairID``, in a random other language).
 * ``gettext``: a real parallel corpus that exists on every Debian machine (the English msgid
   and translated msgstr of /usr/share/locale catalogs), two messages per "sentence pair".
+* ``catalog-task``: a real cross-lingual 3-way sentence-pair task from the gettext catalogs
+  (is the hypothesis message from the same program as the premise, another program of its
+  package, or another package?), English train/dev, test sets in every catalog language, dev and
+  test messages from the band the demo PLM never saw, parallel corpora from the rest; see
+  ``fairseq_plm.data.catalog_task``. What ``mpt_compare`` runs on.
 * ``synthetic``: an NLI task a tiny model learns in seconds (for tests and the CPU demo):
   premises are four words of set A; an entailed hypothesis repeats one of them, a
   contradicted one adds "not", a neutral one uses a word of the disjoint set B. The "de" test
@@ -35,6 +41,7 @@
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -283,6 +290,16 @@ def main(argv=None):
     b = sub.add_parser("xnli-parallel", help="parallel pairs from an XNLI dev/test file (w/o external data)")
     b.add_argument("--xnli-file", required=True)
     c = sub.add_parser("gettext", help="parallel pairs from the gettext catalogs")
+    g = sub.add_parser("catalog-task", help="the gettext-catalog 3-way task (train/dev/test.<lang>/parallel .tsv)",
+                       description=catalog_doc())
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--langs", default=None, help="catalog languages (default: the XNLI languages with catalogs: "
+                                                 "ar,bg,de,el,es,fr,hi,ru,th,tr,vi,zh_CN)")
+    g.add_argument("--root", default="/usr/share/locale", help="gettext catalog root")
+    g.add_argument("--packages", help="JSON {domain: package} instead of asking dpkg which package installs each "
+                                      "catalog")
+    g.add_argument("--n", type=int, default=500, help="pairs in parallel.tsv and parallel_task.tsv")
+    g.add_argument("--seed", type=int, default=1)
     s = sub.add_parser("synthetic", help="synthetic NLI task (train/valid/test.tsv) and parallel.tsv")
     for q in (a, b, c, t):
         q.add_argument("--out", required=True, help="output .tsv")
@@ -297,7 +314,29 @@ def main(argv=None):
         sys.exit(f"mpt_data {args.cmd}: error: {e}")
 
 
+def catalog_doc():
+    from ..data import catalog_task
+
+    return catalog_task.__doc__
+
+
 def run(args):
+    if args.cmd == "catalog-task":
+        from ..data.catalog_task import DEFAULT_LANGS, build
+
+        packages = None
+        if args.packages:
+            try:
+                with open(args.packages, encoding="utf-8") as f:
+                    packages = json.load(f)
+            except (OSError, ValueError) as e:
+                raise FairseqPLMError(f"--packages {args.packages}: {e}") from None
+        langs = tuple(args.langs.split(",")) if args.langs else DEFAULT_LANGS
+        try:
+            build(args.out, langs, args.root, seed=args.seed, n_parallel=args.n, packages=packages)
+        except FileNotFoundError as e:
+            raise FairseqPLMError(str(e)) from None
+        return
     if args.cmd == "synthetic":
         synthetic_nli(args.out, seed=args.seed)
         write_tsv(os.path.join(args.out, "parallel.tsv"), synthetic_parallel(seed=args.seed + 1))

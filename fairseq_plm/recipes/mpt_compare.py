@@ -32,8 +32,9 @@ Systems (one pre-declared configuration each, the paper's §IV-B settings: AdamW
     translator (p^T = p^S), w/o MPT framework (= SP: its runs are reused)
 
 Budget: every run gets the same budget, ``--minutes`` of wall clock (fairseq's
-``--stop-time-hours``; resumed runs keep counting) and/or ``--max-update`` updates. The
-English development accuracy is measured every ``--validate-updates`` updates, and the best
+``--stop-time-hours``; resumed runs keep counting) and/or ``--max-update`` updates, with
+``--threads`` CPU threads (default 1), ``--jobs`` runs at a time (default 2), so every run has
+the same compute whatever runs beside it (as ``msp_compare``). The English development accuracy is measured every ``--validate-updates`` updates, and the best
 checkpoint is evaluated on every test language (``fairseq-plm-mpt-eval``; other languages with
 the translated prompt p^T).
 
@@ -89,6 +90,8 @@ def parse_args(argv=None):
     b.add_argument("--minutes", type=float, help="wall-clock minutes per run (fairseq's --stop-time-hours)")
     b.add_argument("--max-update", type=int, help="updates per run")
     b.add_argument("--validate-updates", type=int, default=50, help="dev accuracy (best checkpoint) every N updates")
+    b.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    b.add_argument("--threads", type=int, default=1, help="CPU threads per run (OMP_NUM_THREADS)")
     t = ap.add_argument_group("training (the paper's settings; one configuration for every system)")
     t.add_argument("--lr", default="4e-5")
     t.add_argument("--batch-size", type=int, default=24)
@@ -101,6 +104,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.minutes is None and args.max_update is None:
         ap.error("give a budget per run: --minutes and/or --max-update")
+    if args.jobs < 1 or args.threads < 1:
+        ap.error("--jobs and --threads must be positive")
     return args
 
 
@@ -167,32 +172,55 @@ def train_command(args, method, k, seed, save, langs, verbalizer):
     return cmd
 
 
-def run_one(args, method, k, seed, langs, verbalizer):
-    """Train (unless done) and evaluate one run; returns its result dict (None in a dry run)."""
+def train_all(args, runs, langs, verbalizer):
+    """Train every run not trained yet, ``--jobs`` at a time with ``--threads`` threads each
+    (each writes ``train.done`` when fairseq-train exits cleanly)."""
+    pending = []
+    for method, k, seed in runs:
+        save = run_dir(args, method, k, seed)
+        if os.path.exists(os.path.join(save, "result.json")) or os.path.exists(os.path.join(save, "train.done")):
+            continue
+        cmd = train_command(args, method, k, seed, save, langs, verbalizer)
+        if args.dry_run:
+            print(" ".join(shlex.quote(c) for c in cmd))
+            continue
+        pending.append((f"k={k} {ALIASES.get(method, method)} seed {seed}", cmd, save))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
+    running = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, cmd, save = pending.pop(0)
+            os.makedirs(save, exist_ok=True)
+            log = open(os.path.join(save, "train.log"), "a")
+            say(f"{name}: training (log {log.name})")
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log, save))
+        time.sleep(0.5)
+        for item in list(running):
+            name, proc, log, save = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, other, _, _ in running:
+                    other.terminate()
+                with open(os.path.join(save, "train.log"), errors="replace") as f:
+                    tail = f.read().strip().splitlines()[-1:] or ["(empty log)"]
+                raise FairseqPLMError(f"training {name} failed: {tail[0]} (full log: {os.path.join(save, 'train.log')})")
+            open(os.path.join(save, "train.done"), "w").close()
+
+
+def evaluate_run(args, method, k, seed, langs):
+    """The result of one trained run (evaluated once, then read from result.json)."""
     from ..cli.mpt_eval import evaluate, run_average, write_json
 
     save = run_dir(args, method, k, seed)
     result_path = os.path.join(save, "result.json")
-    name = ALIASES.get(method, method)
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
-    cmd = train_command(args, method, k, seed, save, langs, verbalizer)
-    if args.dry_run:
-        print(" ".join(shlex.quote(c) for c in cmd))
-        return None
-    os.makedirs(save, exist_ok=True)
-    done = os.path.join(save, "train.done")
-    if not os.path.exists(done):
-        say(f"k={k} {name} seed {seed}: training (log {os.path.join(save, 'train.log')})")
-        with open(os.path.join(save, "train.log"), "a") as log:
-            p = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        if p.returncode != 0:
-            with open(os.path.join(save, "train.log")) as f:
-                tail = f.read().strip().splitlines()[-1:] or ["(empty log)"]
-            raise FairseqPLMError(f"training {name} (k={k}, seed {seed}) failed: {tail[0]} "
-                                  f"(full log: {os.path.join(save, 'train.log')})")
-        open(done, "w").close()
+    name = ALIASES.get(method, method)
     info = {}
     scores = evaluate(os.path.join(save, "checkpoint_best.pt"), langs=langs, cpu=args.cpu, info=info)
     result = {"name": name, "checkpoint": os.path.abspath(os.path.join(save, "checkpoint_best.pt")),
@@ -237,18 +265,17 @@ def report(args):
     budget = " and ".join(x for x in (f"{args.minutes:g} min" if args.minutes is not None else "",
                                       f"{args.max_update} updates" if args.max_update is not None else "") if x)
     say(f"data {args.data} (test: {', '.join(langs)}), PLM {args.plm}, label words {verbalizer}, budget {budget} "
-        f"per run, lr {args.lr}, batch {args.batch_size}")
+        f"per run ({args.threads} thread(s), {args.jobs} run(s) at a time), lr {args.lr}, batch {args.batch_size}")
     plan = [(m, k) for k in shots for m in methods]
     if ablations:
         plan += [(m, k2) for m in ("MPT",) + tuple(ablations) if (ALIASES.get(m, m), k2) not in plan]
-    results = OrderedDict()
-    for method, k in plan:
-        for seed in seeds:
-            r = run_one(args, method, k, seed, langs, verbalizer)
-            if r is not None:
-                results.setdefault((k, ALIASES.get(method, method)), []).append(r)
+    runs = [(method, k, seed) for method, k in plan for seed in seeds]
+    train_all(args, runs, langs, verbalizer)
     if args.dry_run:
         return
+    results = OrderedDict()
+    for method, k, seed in runs:
+        results.setdefault((k, ALIASES.get(method, method)), []).append(evaluate_run(args, method, k, seed, langs))
     sections, rows_json = [], []
     columns = ("params", "updates")
     for k in shots:
@@ -269,8 +296,8 @@ def report(args):
                         f"against MPT)\n\n" + table(rows, tlangs, ["p-value", "trained params", "updates"]))
         rows_json += [{"table": "II", "k": k2, "row": list(map(str, [r[0], r[2], *r[3:]]))} for r in rows]
     note = (f"data {os.path.abspath(args.data)}; PLM {os.path.abspath(args.plm)}; label words {verbalizer}; "
-            f"budget per run: {budget}; lr {args.lr}, batch {args.batch_size}; seeds {args.seeds}; "
-            f"machine: {os.cpu_count()} CPUs{', CPU only' if args.cpu else ''}")
+            f"budget per run: {budget}, {args.threads} thread(s), {args.jobs} run(s) at a time; lr {args.lr}, "
+            f"batch {args.batch_size}; seeds {args.seeds}; machine: {os.cpu_count()} CPUs{', CPU only' if args.cpu else ''}")
     write_results(args.out, "\n\n".join(sections), note, rows_json, args)
 
 

@@ -184,6 +184,8 @@ def test_mpt_compare_trains_every_system_at_equal_budget_and_resumes(setup, tmp_
     assert mpt["last_num_updates"] == 3 and mpt["k_shot"] == 4 and mpt["trained_params"] > 0  # the equal budget
     assert set(mpt["accuracy"]) == {"en", "de"}
     assert os.path.exists(os.path.join(out, "results.md"))
+    assert sorted(f for f in os.listdir(os.path.join(out, "k4", "mpt", "seed1")) if f.endswith(".pt")) == \
+        ["checkpoint_best.pt"]  # evaluated: the resume checkpoints are gone
     # a second invocation skips the finished seed-1 runs and adds seed 2: Table II gets p-values;
     # "w/o MPT framework" is SP's configuration, whose runs are reused
     main(common + ["--seeds", "1,2", "--methods", "MPT", "--ablations", "w/o MPT framework"])

@@ -44,7 +44,9 @@ seeds) and, in Table II, the two-tailed t-test p-value against MPT (``--ttest``)
 stdout and OUT/results.md (+ results.json).
 
 Resumable: a run whose ``result.json`` exists is skipped; a killed run resumes from its
-``checkpoint_last.pt`` within its budget. ``--dry-run`` prints the commands.
+``checkpoint_last.pt`` within its budget. Once a run is evaluated only its
+``checkpoint_best.pt`` is kept (``--keep-checkpoints`` keeps the others). ``--dry-run`` prints the
+commands.
 """
 
 import argparse
@@ -100,6 +102,9 @@ def parse_args(argv=None):
     o = ap.add_argument_group("report")
     o.add_argument("--ttest", default="student", choices=["student", "welch", "paired", "none"],
                    help="Table II p-values: two-tailed t-test of the per-seed average accuracy against MPT")
+    o.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep checkpoint_last.pt and the interval checkpoint of evaluated runs (default: only "
+                        "checkpoint_best.pt stays)")
     o.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
     if args.minutes is None and args.max_update is None:
@@ -227,6 +232,10 @@ def evaluate_run(args, method, k, seed, langs):
               "accuracy": dict(scores), **info}
     result["avg"] = run_average(result)
     write_json(result_path, result)
+    if not args.keep_checkpoints:  # evaluated: the resume checkpoints are no longer needed (disk)
+        for f in os.listdir(save):
+            if f.startswith("checkpoint") and f.endswith(".pt") and f != "checkpoint_best.pt":
+                os.remove(os.path.join(save, f))
     say(f"k={k} {name} seed {seed}: average accuracy {result['avg']:.1f} after {info.get('last_num_updates')} updates")
     return result
 

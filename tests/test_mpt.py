@@ -134,12 +134,16 @@ def test_symmetric_kl_is_symmetric_zero_on_identical_inputs_and_matches_the_defi
     assert torch.allclose(kl, torch_kl, atol=1e-5) and (kl > 0).all()
 
 
-def tiny_model(translator="linear-2", label_words=((7,), (8,), (9,))):
+def tiny_plm():
     cfg = preset("xlmr-base", vocab_size=len(SYMBOLS), hidden_size=16, num_layers=2, num_heads=2,
                  intermediate_size=32)
-    plm = BertEncoder(cfg).init_random(0)
+    return BertEncoder(cfg).init_random(0)
+
+
+def tiny_model(translator="linear-2", label_words=((7,), (8,), (9,)), scoring="mlm"):
+    plm = tiny_plm()
     torch.manual_seed(0)
-    return MPTModel(plm, 2, translator, [list(w) for w in label_words], len(SYMBOLS) - 1, 1).eval()
+    return MPTModel(plm, 2, translator, [list(w) for w in label_words], len(SYMBOLS) - 1, 1, scoring=scoring).eval()
 
 
 def batch(target_lang):
@@ -179,14 +183,35 @@ def test_translators_map_the_prompt_to_the_prompt_shape(kind):
         assert [tuple(m.weight.shape) for m in model.translator.net if hasattr(m, "weight")] == [(32, 16), (16, 32)]
 
 
-def test_verbalizer_distribution_is_the_label_words_renormalised():
-    logits = torch.randn(3, len(SYMBOLS))
-    single = tiny_model().label_log_probs(logits)
+def test_verbalizer_default_is_eq2_w_z_times_p_mlm():
+    """Eq. 2: P^CLS = W_Z P^MLM, W_Z the n x l matrix picking the label words (summed per label)."""
+    torch.manual_seed(1)
+    logits = torch.randn(3, len(SYMBOLS)) * 2
+    p_mlm = logits.softmax(-1)
+    w_z = torch.zeros(3, len(SYMBOLS))
+    w_z[0, 7] = w_z[0, 10] = w_z[1, 8] = w_z[2, 9] = 1.0  # entailment: two words
+    direct = p_mlm @ w_z.T  # [B, 3]
+    got = tiny_model(label_words=((7, 10), (8,), (9,))).label_log_probs(logits)
+    assert torch.allclose(got.exp(), direct, atol=1e-6)
+    assert (got.exp().sum(-1) < 1).all()  # the other words keep their mass: not a distribution over labels
+    single = tiny_model().label_log_probs(logits)  # one word per label: the full-vocabulary MLM log-prob
+    assert torch.allclose(single, logits.log_softmax(-1)[:, [7, 8, 9]], atol=1e-6)
+
+
+def test_verbalizer_renormalized_switch_divides_by_the_sum_over_labels():
+    torch.manual_seed(1)
+    logits = torch.randn(3, len(SYMBOLS)) * 2
+    single = tiny_model(scoring="renormalized").label_log_probs(logits)
     assert torch.allclose(single, logits[:, [7, 8, 9]].log_softmax(-1), atol=1e-6)
-    multi = tiny_model(label_words=((7, 10), (8,), (9,))).label_log_probs(logits)
+    multi = tiny_model(label_words=((7, 10), (8,), (9,)), scoring="renormalized").label_log_probs(logits)
     p = logits.softmax(-1)
     expect = torch.stack([p[:, 7] + p[:, 10], p[:, 8], p[:, 9]], -1)
-    assert torch.allclose(multi.exp(), expect / expect.sum(-1, keepdim=True), atol=1e-6)  # Eq. 2
+    assert torch.allclose(multi.exp(), expect / expect.sum(-1, keepdim=True), atol=1e-6)
+    paper = tiny_model(label_words=((7, 10), (8,), (9,))).label_log_probs(logits)
+    assert torch.equal(paper.argmax(-1), multi.argmax(-1))  # same predictions
+    assert not torch.allclose(paper, multi)  # different training loss
+    with pytest.raises(FairseqPLMError, match="verbalizer-scoring 'softmax'"):
+        tiny_model(scoring="softmax")
 
 
 class _Task:
@@ -210,3 +235,85 @@ def test_loss_is_alpha_weighted_ce_plus_symmetric_kl():
     sample = {"net_input": {k: v[:1] for k, v in net.items()}, "target": torch.tensor([2]), "ntokens": 5}
     loss, _, log = MPTLoss(_Task(), alpha=0.3)(model, sample)  # no parallel rows: L = L_CE
     assert torch.allclose(loss, ce, atol=1e-5) and "kld_loss" not in log
+    assert torch.allclose(ce, -out[0].log_softmax(-1)[9], atol=1e-5)  # Eq. 2-3 default: CE over the vocabulary
+
+
+# ------------------------------------------------------------------------------ PCT (Qi et al. 2022)
+
+def pct_template(max_length=64):
+    """Template words that are single tokens of the toy vocabulary: "we" / "saw" for English."""
+    return ClozeTemplate(dictionary(), encode, max_length=max_length,
+                         pct_templates={"en": ("we", "?", "saw"), "xx": ("sure", "?", "here")})
+
+
+def test_pct_question_layout_uses_the_template_of_the_language():
+    d = dictionary()
+    t = pct_template()
+    w = lambda s: [d.index("\u2581" + x) for x in s.split()]  # noqa: E731
+    ids, start = t.pct("a river.", "the river is here", "en")
+    # <s> X_P </s></s> Question_l X_H ?_l Answer_l <mask> </s>
+    assert ids == [d.bos()] + w("a river") + [d.eos(), d.eos()] + w("we") + w("the river is here") + \
+        [d.index("?")] + w("saw") + [d.mask_index, d.eos()] and start == 0
+    other, _ = t.pct("a river.", "the river is here", "xx")
+    assert other[:4] == ids[:4] and w("sure")[0] in other and w("we")[0] not in other
+    with pytest.raises(FairseqPLMError, match="no PCT template for language 'fr'"):
+        t.pct("a", "b", "fr")
+    short, _ = pct_template(max_length=12).pct("we saw a river we saw a river", "the river is here", "en")
+    assert len(short) == 12 and short[-2:] == [d.mask_index, d.eos()]  # cut from the sentences, not the template
+
+
+def test_pct_templates_cover_xnli_and_extend_from_json(tmp_path):
+    from fairseq_plm.data.nli import PCT_TEMPLATES, XNLI_LANGUAGES, read_pct_templates
+
+    assert set(XNLI_LANGUAGES) <= set(PCT_TEMPLATES)
+    f = tmp_path / "t.json"
+    f.write_text('{"xx": ["Q", "?", "A"], "de": ["F", "?", "A"]}')
+    t = read_pct_templates(str(f))
+    assert t["xx"] == ("Q", "?", "A") and t["de"] == ("F", "?", "A") and t["fr"] == PCT_TEMPLATES["fr"]
+    f.write_text('{"xx": ["Q", "A"]}')
+    with pytest.raises(FairseqPLMError, match="expected"):
+        read_pct_templates(str(f))
+
+
+def test_pct_augmented_batch_holds_questions_then_their_augmented_questions():
+    from fairseq_plm.data.nli import PCTAugmentedDataset, sample_template_languages
+
+    t = pct_template()
+    ex = [NLIExample("we saw", "a river", i % 3, "en") for i in range(5)]
+    langs = sample_template_languages(5, ["xx", "en"], seed=3)
+    assert langs == sample_template_languages(5, ["xx", "en"], seed=3) and set(langs) <= {"xx", "en"}
+    data = PCTAugmentedDataset(NLIDataset.encode(ex, t, "en", input_format="pct"),
+                               NLIDataset.encode(ex, t, "en", input_format="pct", template_langs=["xx"] * 5))
+    batch = data.collater([data[i] for i in (4, 1)])
+    toks = batch["net_input"]["src_tokens"]
+    assert batch["n_task"] == 2 and toks.size(0) == 4 and batch["target"].tolist() == [1, 1]
+    sure = dictionary().index("\u2581sure")
+    assert [bool((r == sure).any()) for r in toks] == [False, False, True, True]
+
+
+def test_pct_model_is_xlmr_mlm_at_the_mask_and_loss_matches_its_definition():
+    from fairseq_plm.criterions.mpt_loss import PCTLoss
+    from fairseq_plm.models.mpt import PCTModel
+
+    t = pct_template()
+    plm = tiny_plm()
+    model = PCTModel(plm, [[7], [8], [9]], len(SYMBOLS) - 1, 1).eval()
+    rows = [t.pct("we saw a river", "the river is here", "en")[0], t.pct("a river", "we saw", "en")[0],
+            t.pct("we saw a river", "the river is here", "xx")[0], t.pct("a river", "we saw", "xx")[0]]
+    tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=1)
+    out = model(tokens)
+    for i, r in enumerate(rows):  # the plain masked LM of XLM-R, row by row, at <mask>
+        full = plm.logits(plm(torch.tensor([r])).hidden)[0]
+        assert torch.allclose(out[i], full[r.index(len(SYMBOLS) - 1)], atol=1e-5)
+    target = torch.tensor([2, 0])
+    sample = {"net_input": {"src_tokens": tokens}, "target": target, "n_task": 2, "ntokens": 20}
+    loss, _, log = PCTLoss(_Task(), consistency_weight=0.7)(model, sample)
+    lp = out.log_softmax(-1)
+    ce = -(lp[0, 9] + lp[1, 7]) / 2  # label words: entailment 7, neutral 8, contradiction 9
+    ce_aug = -(lp[2, 9] + lp[3, 7]) / 2
+    p, q = lp[:2].exp(), lp[2:].exp()
+    kl = ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean()
+    assert torch.allclose(loss, ce + ce_aug + 0.7 * kl, atol=1e-5)
+    assert log["ce_loss"] == pytest.approx(ce.item(), abs=1e-5) and log["kld_loss"] == pytest.approx(kl.item(), abs=1e-5)
+    loss, _, log = PCTLoss(_Task())(model, {"net_input": {"src_tokens": tokens[:2]}, "target": target, "ntokens": 9})
+    assert torch.allclose(loss, ce, atol=1e-5) and "kld_loss" not in log  # validation: no augmented rows

@@ -77,6 +77,24 @@ def test_sp_and_ft_baselines(setup, tmp_path):
     assert "| FT | " in table and set(result["accuracy"]) == {"en", "de"}
 
 
+def test_pct_baseline_trains_with_augmented_templates_and_evaluates(setup, tmp_path):
+    save = str(tmp_path / "pct")
+    log = train(setup, save, "--arch", "mpt_pct", "--input-format", "pct", "--criterion", "pct_loss",
+                "--pct-langs", "de,fr", epochs=8).stdout
+    assert "train: 60 questions, each with a question under the template of one of de, fr (PCT)" in log
+    assert "ce_aug_loss" in log and "kld_loss" in log
+    table, result = evaluate(setup, save, "PCT")
+    assert "| PCT | " in table and result["accuracy"]["en"] > 50
+    p = cli("fairseq-plm-train", setup["data"], "--task", "mpt_nli", "--plm", setup["plm"], "--arch", "mpt_pct",
+            "--verbalizer", setup["verbalizer"], "--criterion", "pct_loss", "--batch-size", "8", "--cpu",
+            "--save-dir", str(tmp_path / "bad"), check=False)
+    assert p.returncode != 0 and "use --input-format pct" in p.stderr.strip().splitlines()[-1]
+    p = cli("fairseq-plm-train", setup["data"], "--task", "mpt_nli", "--plm", setup["plm"], "--arch", "mpt_pct",
+            "--input-format", "pct", "--pct-langs", "xx", "--verbalizer", setup["verbalizer"], "--criterion",
+            "pct_loss", "--batch-size", "8", "--cpu", "--save-dir", str(tmp_path / "bad"), check=False)
+    assert p.returncode != 0 and "no PCT template for language 'xx'" in p.stderr.strip().splitlines()[-1]
+
+
 def test_aggregate_gives_mean_and_sample_std_per_method(tmp_path):
     runs = [("MPT", {"en": 50.0, "de": 40.0}), ("MPT", {"en": 54.0, "de": 44.0}), ("SP", {"en": 45.0, "de": 30.0})]
     paths = []
@@ -128,3 +146,70 @@ def test_two_process_data_parallel_training(setup, tmp_path):
     assert any(n.startswith("translator.") for n in r0["params"])
     for name in r0["params"]:
         assert torch.equal(r0["params"][name], r1["params"][name]), name
+
+
+def compare_data(s):
+    """The synthetic task in mpt_compare's layout: test.<lang>.tsv, parallel.tsv, parallel_task.tsv."""
+    from fairseq_plm.data.nli import read_nli
+
+    root = s["root"] / "compare-data"
+    if not root.exists():
+        root.mkdir()
+        for name in ("train", "valid"):
+            (root / f"{name}.tsv").write_text((s["root"] / "data" / f"{name}.tsv").read_text())
+        rows = read_nli(str(s["root"] / "data" / "test.tsv"), "en")
+        for lang in ("en", "de"):
+            write_tsv(str(root / f"test.{lang}.tsv"),
+                      [{"premise": r.premise, "hypothesis": r.hypothesis, "label": ("entailment", "neutral",
+                        "contradiction")[r.label], "language": lang} for r in rows if r.language == lang][:30])
+        write_tsv(str(root / "parallel.tsv"), synthetic_parallel(n=30))
+        write_tsv(str(root / "parallel_task.tsv"), synthetic_parallel(n=30, seed=5))
+    return str(root)
+
+
+def test_mpt_compare_trains_every_system_at_equal_budget_and_resumes(setup, tmp_path, capsys):
+    """The recipe in-process (it runs fairseq-train as a command for every run)."""
+    from fairseq_plm.recipes.mpt_compare import main
+
+    data, out = compare_data(setup), str(tmp_path / "runs")
+    common = ["--data", data, "--plm", setup["plm"], "--out", out, "--shots", "4", "--max-update", "3",
+              "--validate-updates", "3", "--cpu", "--verbalizer", setup["verbalizer"], "--lr", "1e-3"]
+    main(common + ["--seeds", "1", "--methods", "FT,SP,PCT,MPT", "--ablations", ""])
+    text = capsys.readouterr().out
+    assert "Table I, k = 4" in text and "Table II" not in text
+    for row in ("| FT (n=1) |", "| SP (n=1) |", "| PCT (n=1) |", "| MPT (n=1) |"):
+        assert row in text
+    assert "| Method | DE | EN | Avg. | trained params | updates |" in text  # XNLI's column order
+    mpt = json.load(open(os.path.join(out, "k4", "mpt", "seed1", "result.json")))
+    assert mpt["last_num_updates"] == 3 and mpt["k_shot"] == 4 and mpt["trained_params"] > 0  # the equal budget
+    assert set(mpt["accuracy"]) == {"en", "de"}
+    assert os.path.exists(os.path.join(out, "results.md"))
+    assert sorted(f for f in os.listdir(os.path.join(out, "k4", "mpt", "seed1")) if f.endswith(".pt")) == \
+        ["checkpoint_best.pt"]  # evaluated: the resume checkpoints are gone
+    # a second invocation skips the finished seed-1 runs and adds seed 2: Table II gets p-values;
+    # "w/o MPT framework" is SP's configuration, whose runs are reused
+    main(common + ["--seeds", "1,2", "--methods", "MPT", "--ablations", "w/o MPT framework"])
+    text = capsys.readouterr().out
+    assert text.count(": training") == 2 and "k=4 MPT seed 2: training" in text and "k=4 SP seed 2: training" in text
+    row = next(line for line in text.splitlines() if line.startswith("| w/o MPT framework (n=2)"))
+    assert row.split("|")[-4].strip() not in ("", "-")  # a p-value against MPT
+    assert json.load(open(os.path.join(out, "k4", "mpt", "seed1", "result.json"))) == mpt  # untouched
+
+
+def test_mpt_compare_help_and_dry_run(setup, tmp_path, capsys):
+    from fairseq_plm.recipes.mpt_compare import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--plm", "--minutes", "--max-update", "--shots", "--seeds"):
+        assert flag in text
+    main(["--data", compare_data(setup), "--plm", setup["plm"], "--out", str(tmp_path / "o"), "--minutes", "5",
+          "--dry-run", "--verbalizer", setup["verbalizer"]])
+    trains = [line for line in capsys.readouterr().out.splitlines() if "fairseq-train" in line]
+    assert len(trains) == 3 * 4 * 3 + 3 * 3  # Table I: 3 k x 4 systems x 3 seeds; Table II: 3 ablations x 3 seeds
+    assert all("--stop-time-hours 0.083333" in t for t in trains)
+    assert sum("--arch mpt_pct" in t for t in trains) == 9 and sum("parallel_task.tsv" in t for t in trains) == 3
+    with pytest.raises(SystemExit):
+        main(["--data", "x", "--plm", "y", "--out", "z"])
+    assert "give a budget per run" in capsys.readouterr().err

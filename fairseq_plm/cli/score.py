@@ -16,6 +16,17 @@ differ, or the generate output lacks sentences of ``--ref``), empty or missing f
 sentencepiece/WordPiece pieces (fairseq-generate run without ``--bpe``), which score far from
 the detokenized text's BLEU; ``--allow-pieces`` scores them anyway, with a warning. Lines are
 split as fairseq-preprocess splits them (``\\n``, ``\\r\\n``, ``\\r``; not U+2028, form feed...).
+
+Significance (``fairseq_plm.data.significance``, sacrebleu's implementation): two or more
+systems on the same references, the first being the baseline::
+
+    fairseq-plm-score --compare base.out sys1.out sys2.out [--names base,a,b] [--ref test.de] \
+        [--paired bs,ar] [--n-samples N] [--seed 12345]
+
+prints, per test, each system's BLEU, its bootstrap mean ± 95% confidence interval and the
+p-value against the baseline (paired bootstrap resampling: 1000 resamples; paired approximate
+randomization: 10000 trials). A system file is a fairseq-generate output (references from its
+T- lines unless --ref is given) or a plain hypothesis file (then --ref is needed).
 """
 
 import argparse
@@ -182,11 +193,14 @@ def main(argv=None):
     p.add_argument("--allow-pieces", action="store_true",
                    help="score sentencepiece/WordPiece pieces (generate output without --bpe) with a warning "
                         "instead of refusing")
+    add_compare_args(p)
     args = p.parse_args(argv)
     try:
         metrics = parse_metrics(args.metric)
     except ValueError as e:
         p.error(str(e))
+    if args.compare:
+        return compare_systems(p, args, metrics)
     if not args.generate_output and not (args.hyp and args.ref):
         p.error("give --generate-output, or --hyp and --ref")
     hyps, refs, hyp_file, ref_file = read_hypotheses_and_references(
@@ -194,6 +208,67 @@ def main(argv=None):
     check_not_pieces(hyps, refs, hyp_file, ref_file, allow=args.allow_pieces)
     for line in score(hyps, refs, metrics, args.tokenize):
         print(line, flush=True)
+
+
+# ------------------------------------------------------------------------------ --compare (significance)
+
+def add_compare_args(p):
+    g = p.add_argument_group("significance (sacrebleu's paired tests)")
+    g.add_argument("--compare", nargs="+", metavar="SYSTEM",
+                   help="two or more systems' outputs (fairseq-generate outputs or plain hypothesis files) on the "
+                        "same references; the first is the baseline")
+    g.add_argument("--names", help="comma-separated system names for --compare (default: the file names)")
+    g.add_argument("--paired", default="bs,ar", help="tests: bs (paired bootstrap resampling), ar (paired "
+                                                     "approximate randomization), or bs,ar (default)")
+    g.add_argument("--n-samples", type=int, default=0,
+                   help="resamples (bs) / trials (ar); 0 = sacrebleu's defaults, 1000 / 10000")
+    g.add_argument("--seed", type=int, default=12345, help="seed of the resampling (sacrebleu's default 12345)")
+
+
+def _read_system(path, ref):
+    """(hypotheses, references or None) of one --compare file: a fairseq-generate output (its
+    T- lines, or ``ref`` paired with it exactly as for scoring) or a plain hypothesis file."""
+    lines = _nonempty(read_lines(path, "--compare"), "--compare", path)
+    if any(re.match(r"^T-\d+\t", line) for line in lines):
+        hyps, refs, _, _ = read_hypotheses_and_references(path, ref=ref)
+        return hyps, refs
+    return lines, None
+
+
+def compare_systems(p, args, metrics):
+    from ..data import significance
+
+    if len(args.compare) < 2:
+        p.error("--compare needs at least two systems (the first is the baseline)")
+    if metrics != ["bleu"]:
+        p.error(f"--compare tests BLEU only (got --metric {','.join(metrics)})")
+    names = args.names.split(",") if args.names else list(args.compare)
+    if len(names) != len(args.compare):
+        p.error(f"--names gives {len(names)} names for {len(args.compare)} systems")
+    tests = [t.strip() for t in args.paired.split(",") if t.strip()]
+    bad = [t for t in tests if t not in significance.TESTS]
+    if bad or not tests:
+        p.error(f"--paired {args.paired!r}: choose bs, ar or bs,ar")
+    ref_lines = _nonempty(read_lines(args.ref, "--ref"), "--ref", args.ref) if args.ref else None
+    systems, refs = [], None
+    for name, path in zip(names, args.compare):
+        hyps, sys_refs = _read_system(path, args.ref)
+        sys_refs = sys_refs if sys_refs is not None else ref_lines
+        if sys_refs is None:
+            p.error(f"{path} is a plain hypothesis file: give the references with --ref")
+        if len(hyps) != len(sys_refs):
+            p.error(f"{path} has {len(hyps)} hypotheses but the references have {len(sys_refs)} lines")
+        if refs is not None and sys_refs != refs:
+            p.error(f"{path}: its references differ from those of {args.compare[0]} (the systems must be "
+                    f"compared on the same test set)")
+        check_not_pieces(hyps, sys_refs, path, args.ref or path, allow=args.allow_pieces)
+        refs = sys_refs
+        systems.append((name, hyps))
+    for test in tests:
+        signature, results = significance.paired_test(systems, refs, test=test, tokenize=args.tokenize,
+                                                      n_samples=args.n_samples, seed=args.seed)
+        print(significance.format_paired_test(results, signature, test))
+        print(flush=True)
 
 
 if __name__ == "__main__":

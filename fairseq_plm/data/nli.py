@@ -22,6 +22,11 @@ Template (MPT Eq. 1, positions of Eq. 9), with XLM-R's ``<s>``/``</s>`` around i
 ``[p]`` is m slots that the model fills with soft-prompt vectors (they hold ``<unk>`` in the
 token ids). Sentence-final punctuation of X_P and X_H is dropped so the template's own "."
 and "?" are not doubled. Over-long inputs lose tokens from the longer sentence first.
+
+PCT's cross-lingual template (Qi et al. 2022, the PCT baseline of MPT Table I) in XLM-R's
+sentence-pair layout, with the template words in language l (``PCT_TEMPLATES``)::
+
+    <s> X_P </s></s> Question_l: X_H ?_l Answer_l: <mask> </s>
 """
 
 import csv
@@ -43,6 +48,24 @@ XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "t
 POSITIONS = ("prefix", "midfix", "suffix", "endfix")
 # PET's / Zhao & Schütze's NLI verbalizer: "X_P . X_H ? <mask>" answered Yes / Maybe / No
 DEFAULT_VERBALIZER = "entailment:Yes,neutral:Maybe,contradiction:No"
+INPUT_FORMATS = ("cloze", "pair", "pct")
+
+# PCT's cross-lingual templates (Qi et al. 2022): (question word, question mark, answer word)
+# per language, read as "Question: X_H ? Answer: <mask>". Our own translations of the two
+# template words for XNLI's 15 languages (PCT's set) and a few more; the question mark is the
+# language's own where it has one (Arabic script). A JSON file {lang: [question, mark,
+# answer]} given to --pct-templates adds or replaces languages.
+PCT_TEMPLATES = {
+    "en": ("Question:", "?", "Answer:"), "ar": ("سؤال:", "؟", "جواب:"), "bg": ("Въпрос:", "?", "Отговор:"),
+    "de": ("Frage:", "?", "Antwort:"), "el": ("Ερώτηση:", "?", "Απάντηση:"), "es": ("Pregunta:", "?", "Respuesta:"),
+    "fr": ("Question :", "?", "Réponse :"), "hi": ("प्रश्न:", "?", "उत्तर:"), "ru": ("Вопрос:", "?", "Ответ:"),
+    "sw": ("Swali:", "?", "Jibu:"), "th": ("คำถาม:", "?", "คำตอบ:"), "tr": ("Soru:", "?", "Cevap:"),
+    "ur": ("سوال:", "؟", "جواب:"), "vi": ("Câu hỏi:", "?", "Trả lời:"), "zh": ("问题:", "?", "答案:"),
+    # beyond XNLI
+    "he": ("שאלה:", "?", "תשובה:"), "it": ("Domanda:", "?", "Risposta:"), "ja": ("質問:", "?", "答え:"),
+    "ko": ("질문:", "?", "답변:"), "nl": ("Vraag:", "?", "Antwoord:"), "pl": ("Pytanie:", "?", "Odpowiedź:"),
+    "pt": ("Pergunta:", "?", "Resposta:"), "ro": ("Întrebare:", "?", "Răspuns:"),
+}
 
 _NLI_COLUMNS = {"premise": ("premise", "sentence1"), "hypothesis": ("hypothesis", "hypo", "sentence2"),
                 "label": ("label", "gold_label"), "language": ("language", "lang")}
@@ -126,6 +149,28 @@ def read_nli(path: str, default_language: str) -> List[NLIExample]:
     return examples
 
 
+def read_pct_templates(path: str = None) -> dict:
+    """PCT_TEMPLATES, with the languages of a JSON file ``{lang: [question, mark, answer]}``
+    added or replaced."""
+    templates = dict(PCT_TEMPLATES)
+    if not path:
+        return templates
+    if not os.path.exists(path):
+        raise FairseqPLMError(f"--pct-templates {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            extra = json.load(f)
+    except json.JSONDecodeError as e:
+        raise FairseqPLMError(f"--pct-templates {path}: not JSON ({e})") from None
+    for lang, value in (extra.items() if isinstance(extra, dict) else [(None, extra)]):
+        if lang is None or not isinstance(value, (list, tuple)) or len(value) != 3 or \
+                not all(isinstance(v, str) for v in value):
+            raise FairseqPLMError(f"--pct-templates {path}: expected {{lang: [question word, question mark, "
+                                  f"answer word]}}, got {lang!r}: {value!r}")
+        templates[lang] = tuple(value)
+    return templates
+
+
 def read_parallel(path: str) -> List[ParallelPair]:
     pairs = [ParallelPair(**_pick(row, _PARALLEL_COLUMNS, path, n)) for n, row in _rows(path)]
     if not pairs:
@@ -185,7 +230,7 @@ class ClozeTemplate:
     """Token ids of MPT's cloze input (Eq. 1/5/9) and of the plain sentence pair (FT)."""
 
     def __init__(self, dictionary, encode: Callable[[str], List[str]], prompt_length=4, position="suffix",
-                 max_length=256):
+                 max_length=256, pct_templates=None):
         if position not in POSITIONS:
             raise FairseqPLMError(f"--prompt-position {position!r}: expected one of {', '.join(POSITIONS)}")
         if dictionary.mask_index is None:
@@ -195,6 +240,7 @@ class ClozeTemplate:
         self.bos, self.eos, self.mask = dictionary.bos(), dictionary.eos(), dictionary.mask_index
         self.prompt_slot = dictionary.unk()
         self.dot, self.question = self.symbol("."), self.symbol("?")
+        self.pct_templates = pct_templates if pct_templates is not None else PCT_TEMPLATES
 
     def ids(self, text: str) -> List[int]:
         return [self.d.index(p) for p in self.encode_pieces(text)]
@@ -251,6 +297,27 @@ class ClozeTemplate:
         p, h = self._sentences(premise, hypothesis, self.max_length - 4)
         return [self.bos] + p + [self.eos, self.eos] + h + [self.eos], 0
 
+    def pct(self, premise: str, hypothesis: str, lang: str):
+        """PCT's cloze question with the template of ``lang`` (Qi et al. 2022):
+        <s> X_P </s></s> Question_l: X_H ?_l Answer_l: <mask> </s>. Returns (ids, 0)."""
+        if lang not in self.pct_templates:
+            raise FairseqPLMError(f"no PCT template for language {lang!r} (known: {', '.join(sorted(self.pct_templates))}); "
+                                  f"add one with --pct-templates FILE ({{\"{lang}\": [question word, mark, answer word]}})")
+        question, mark, answer = self.pct_templates[lang]
+        q, m, a = self.ids(question), self.symbol(mark), self.ids(answer)
+        fixed = 5 + len(q) + len(m) + len(a)  # <s> </s> </s> <mask> </s> and the template words
+        p, h = self._sentences(premise, hypothesis, self.max_length - fixed)
+        return [self.bos] + p + [self.eos, self.eos] + q + h + m + a + [self.mask, self.eos], 0
+
+    def encode_example(self, example, input_format: str, lang: str = None):
+        """(ids, prompt_start) of an NLIExample in ``input_format`` (cloze, pair or pct; a PCT
+        question uses the template of ``lang``, default the example's language)."""
+        if input_format == "pair":
+            return self.pair(example.premise, example.hypothesis)
+        if input_format == "pct":
+            return self.pct(example.premise, example.hypothesis, lang or example.language)
+        return self.cloze(example.premise, example.hypothesis)
+
 
 # ------------------------------------------------------------------------------ datasets
 
@@ -266,9 +333,12 @@ class NLIDataset(FairseqDataset):
         self.pad, self.seed, self.shuffle = pad, seed, shuffle
 
     @classmethod
-    def encode(cls, examples, template: ClozeTemplate, source_lang: str, pair=False, **kw):
-        enc = [template.pair(e.premise, e.hypothesis) if pair else template.cloze(e.premise, e.hypothesis)
-               for e in examples]
+    def encode(cls, examples, template: ClozeTemplate, source_lang: str, pair=False, input_format=None,
+               template_langs=None, **kw):
+        """``template_langs``: per example, the language of its PCT template (default: its own)."""
+        input_format = input_format or ("pair" if pair else "cloze")
+        langs = template_langs or [None] * len(examples)
+        enc = [template.encode_example(e, input_format, lang) for e, lang in zip(examples, langs)]
         return cls([t for t, _ in enc], [s for _, s in enc], [e.label for e in examples],
                    [e.language != source_lang for e in examples], template.d.pad(), **kw)
 
@@ -351,3 +421,53 @@ class NLIWithParallelDataset(FairseqDataset):
                 "ntokens": sum(len(r["tokens"]) for r in rows), "n_task": len(samples),
                 "net_input": net_input(rows, self.task.pad),
                 "target": torch.tensor([s["task"]["label"] for s in samples])}
+
+
+class PCTAugmentedDataset(FairseqDataset):
+    """PCT's training data (Qi et al. 2022): every question (English template) with its
+    augmented question, the same example under the template of a sampled other language.
+
+    A batch of b items is one PLM batch of 2b rows: the b original questions, then their b
+    augmented questions in the same order; ``sample["n_task"]`` = b, ``target`` the b labels
+    (shared by both halves).
+    """
+
+    def __init__(self, original: NLIDataset, augmented: NLIDataset, seed: int = 1):
+        if len(original) != len(augmented):
+            raise ValueError("PCTAugmentedDataset needs one augmented question per question")
+        self.original, self.augmented, self.seed = original, augmented, seed
+        self.sizes = np.maximum(original.sizes, augmented.sizes)
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, i):
+        return {"id": i, "original": self.original[i], "augmented": self.augmented[i]}
+
+    def num_tokens(self, i):
+        return 2 * int(self.sizes[i])
+
+    def size(self, i):
+        return int(self.sizes[i])
+
+    def ordered_indices(self):
+        order = np.random.RandomState(self.seed).permutation(len(self))
+        return order[np.argsort(self.sizes[order], kind="mergesort")]
+
+    def collater(self, samples):
+        if not samples:
+            return {}
+        rows = [s["original"] for s in samples] + [s["augmented"] for s in samples]
+        return {"id": torch.tensor([s["id"] for s in samples]), "nsentences": len(samples),
+                "ntokens": sum(len(r["tokens"]) for r in rows), "n_task": len(samples),
+                "net_input": net_input(rows, self.original.pad),
+                "target": torch.tensor([s["original"]["label"] for s in samples])}
+
+
+def sample_template_languages(n: int, langs: Sequence[str], seed: int) -> List[str]:
+    """PCT's augmentation: a template language drawn uniformly for each of n examples, once
+    (as PCT's own code draws it when the data is loaded), seeded."""
+    if not langs:
+        raise FairseqPLMError("PCT needs at least one language to sample augmented templates from (--pct-langs)")
+    rng = np.random.RandomState(seed)
+    return [langs[i] for i in rng.randint(len(langs), size=n)]

@@ -5,7 +5,9 @@ and its baselines. Used with the ``mpt_nli`` task and the ``mpt_loss`` criterion
   soft prompt (§III-A)  p^S = MLP(LSTM(E)), E in R^{m x d}   (P-tuning reparameterisation)
   translator (Eq. 4)    p^T = W_down ReLU(W_up p^S + b_up) + b_down   ("Linear-2", d -> 2d -> d)
   MLM (Eq. 2, 6)        P^MLM = softmax(W_lh h_<mask>) over the whole vocabulary
-  verbalizer (Eq. 2)    P^CLS(y) from the label words of y (see ``label_log_probs``)
+  verbalizer (Eq. 2)    P^CLS = W_Z P^MLM: P^CLS(y) = sum of P^MLM over y's label words (the
+                        task's ``--verbalizer-scoring mlm``, default; ``renormalized`` divides
+                        by the sum over all labels, PET's practice; see ``Verbalizer``)
 
 Every input row carries a flag ``target_lang``: rows in the source language (English
 training data, the source side of a parallel pair, the English test set) are read with
@@ -20,6 +22,11 @@ Registered models:
               2021), used with ``--alpha 1`` and no parallel data.
   ``mpt_ft``  fine-tuning baseline (FT): XLM-R with a classification head on <s> over the
               sentence pair (task ``--input-format pair``).
+  ``mpt_pct`` PCT baseline (Qi et al., ACL 2022, "prompt-learning from cross-lingual
+              templates"): XLM-R answering a discrete cloze question whose template words are
+              in the example's language (task ``--input-format pct``), trained with criterion
+              ``pct_loss`` on each question and its copy under a template of a randomly sampled
+              other language, plus a symmetric KL consistency term (see ``PCTModel``).
 
 Tuned or frozen PLM: the paper trains all models with AdamW at lr 4e-5 for 50 epochs, a
 fine-tuning learning rate (its FT baseline and the SP/PCT baselines it follows all update
@@ -59,6 +66,19 @@ class MPTFineTuneConfig(PLMArgs):
     pooler_dropout: float = field(default=0.1, metadata={"help": "dropout of the classification head"})
 
 
+def verbalizer_scoring(task):
+    """The task's ``--verbalizer-scoring`` (checkpoints from before the option: the default)."""
+    return str(getattr(task.cfg, "verbalizer_scoring", "mlm"))
+
+
+def mask_logits(plm, hidden, src_tokens, mask_idx):
+    """MLM logits over the vocabulary at each row's single <mask> (Eq. 2 / Eq. 6): [B, V]."""
+    at_mask = src_tokens.eq(mask_idx)
+    if not bool((at_mask.sum(dim=1) == 1).all()):
+        raise FairseqPLMError("every MPT/PCT input needs exactly one <mask> token")
+    return plm.logits(hidden[at_mask])
+
+
 def load_task_plm(cfg, task, freeze):
     """The PLM (frozen or trainable) whose vocabulary is the task's."""
     plm = build_frozen_plm(cfg) if freeze else build_plm(cfg)
@@ -69,6 +89,44 @@ def load_task_plm(cfg, task, freeze):
         raise FairseqPLMError(f"--max-length {task.cfg.max_length} exceeds the {plm.cfg.usable_positions} "
                               f"tokens the PLM {cfg.plm} can position")
     return plm
+
+
+class Verbalizer(nn.Module):
+    """MPT Eq. 2: the label distribution P^CLS from the full-vocabulary <mask> distribution
+    P^MLM = softmax(logits).
+
+    ``mlm`` (default, the paper's P^CLS = W_Z P^MLM): P^CLS(y) = sum_{z in Z_y} P^MLM(z), where
+    W_Z (n x l) picks the label words out of the vocabulary; these do not sum to one over the
+    labels (the rest of the vocabulary keeps its mass), so Eq. 3's CE -log P^CLS(y) also pushes
+    probability away from every non-label word: with one word per label it is the
+    full-vocabulary MLM cross-entropy of the label word (as PCT trains too).
+    ``renormalized``: P^CLS(y) divided by its sum over the labels (PET's practice; with one word
+    per label, the softmax of the label words' logits). Both give the same argmax (prediction).
+    """
+
+    SCORINGS = ("mlm", "renormalized")
+
+    def __init__(self, label_word_ids, scoring="mlm"):
+        super().__init__()
+        scoring = str(scoring)
+        if scoring not in self.SCORINGS:
+            raise FairseqPLMError(f"--verbalizer-scoring {scoring!r}: expected one of {', '.join(self.SCORINGS)}")
+        self.scoring = scoring
+        # W_Z of Eq. 2: label word j (id word_ids[j]) belongs to the labels where word_mask is 0
+        self.register_buffer("word_ids", torch.tensor([w for ws in label_word_ids for w in ws]), persistent=False)
+        owner = torch.tensor([y for y, ws in enumerate(label_word_ids) for _ in ws])
+        word_mask = torch.full((len(label_word_ids), len(owner)), float("-inf"))
+        word_mask[owner, torch.arange(len(owner))] = 0.0
+        self.register_buffer("word_mask", word_mask, persistent=False)
+
+    def forward(self, logits):
+        """log P^CLS over the labels, [B, C], from <mask> logits [B, V]."""
+        logits = logits.float()
+        words = logits.index_select(-1, self.word_ids)  # [B, n]
+        per_label = torch.logsumexp(words[:, None, :] + self.word_mask, dim=-1)  # log sum_z exp(logit_z)
+        if self.scoring == "renormalized":
+            return F.log_softmax(per_label, dim=-1)
+        return per_label - torch.logsumexp(logits, dim=-1, keepdim=True)  # log W_Z softmax(logits)
 
 
 class Translator(nn.Module):
@@ -103,19 +161,15 @@ class Translator(nn.Module):
 class MPTModel(FrozenPLMMixin, BaseFairseqModel):
     """XLM-R reading cloze inputs with a soft prompt p^S or its translation p^T."""
 
-    def __init__(self, plm, prompt_length, translator, label_word_ids, mask_idx, pad_idx, frozen=False):
+    def __init__(self, plm, prompt_length, translator, label_word_ids, mask_idx, pad_idx, frozen=False,
+                 scoring="mlm"):
         super().__init__()
         self.plm, self.frozen = plm, frozen
         d = plm.cfg.hidden_size
         self.prompt = PTuningPrompt(prompt_length, d)
         self.translator = Translator(translator, d, plm.cfg.num_heads, plm.cfg.dropout)
         self.mask_idx, self.pad_idx = mask_idx, pad_idx
-        # W_Z of Eq. 2: label word j (id word_ids[j]) belongs to the labels where word_mask is 0
-        self.register_buffer("word_ids", torch.tensor([w for ws in label_word_ids for w in ws]), persistent=False)
-        owner = torch.tensor([y for y, ws in enumerate(label_word_ids) for _ in ws])
-        word_mask = torch.full((len(label_word_ids), len(owner)), float("-inf"))
-        word_mask[owner, torch.arange(len(owner))] = 0.0
-        self.register_buffer("word_mask", word_mask, persistent=False)
+        self.verbalizer = Verbalizer(label_word_ids, scoring)
 
     @classmethod
     def build_model(cls, cfg, task):
@@ -123,7 +177,7 @@ class MPTModel(FrozenPLMMixin, BaseFairseqModel):
             raise FairseqPLMError(f"--arch {cfg._name} reads cloze inputs: use --input-format cloze")
         plm = load_task_plm(cfg, task, cfg.freeze_plm)
         return cls(plm, task.cfg.prompt_length, cfg.translator, task.label_word_ids, task.dictionary.mask_index,
-                   task.dictionary.pad(), frozen=cfg.freeze_plm)
+                   task.dictionary.pad(), frozen=cfg.freeze_plm, scoring=verbalizer_scoring(task))
 
     def prompts(self):
         """(p^S, p^T), each [1, m, d]."""
@@ -144,18 +198,11 @@ class MPTModel(FrozenPLMMixin, BaseFairseqModel):
         x = x.scatter(1, slots, p.to(x.dtype))
         pad = src_tokens.eq(self.pad_idx)
         hidden = self.plm(inputs_embeds=x, padding_mask=pad if pad.any() else None).hidden
-        at_mask = src_tokens.eq(self.mask_idx)
-        if not bool((at_mask.sum(dim=1) == 1).all()):
-            raise FairseqPLMError("every MPT input needs exactly one <mask> token")
-        return self.plm.logits(hidden[at_mask])
+        return mask_logits(self.plm, hidden, src_tokens, self.mask_idx)
 
     def label_log_probs(self, logits):
-        """Eq. 2-3: log P^CLS over the labels, [B, C]. P^CLS(y) sums P^MLM over y's label
-        words and is renormalised over the labels (PET's practice: with one word per label
-        this is the softmax of the label words' logits)."""
-        words = logits.float().index_select(-1, self.word_ids)  # [B, n]
-        per_label = torch.logsumexp(words[:, None, :] + self.word_mask, dim=-1)  # log sum_z P^MLM(z) + const
-        return F.log_softmax(per_label, dim=-1)
+        """Eq. 2-3: log P^CLS over the labels, [B, C] (see ``Verbalizer``)."""
+        return self.verbalizer(logits)
 
     supports_alignment = True
 
@@ -208,3 +255,48 @@ class MPTFineTune(BaseFairseqModel):
 
     def label_log_probs(self, logits):
         return F.log_softmax(logits.float(), dim=-1)
+
+
+@register_model("mpt_pct", dataclass=PLMArgs)
+class PCTModel(BaseFairseqModel):
+    """PCT baseline of MPT Table I: prompt-learning from cross-lingual templates (Qi et al.,
+    ACL 2022, "Enhancing Cross-lingual Natural Language Inference by Prompt-learning from
+    Cross-lingual Templates"; MPT cites it as [8]: "cross-lingual hard prompt ... consistency
+    in answer probability across languages via the KLD loss").
+
+    The model is XLM-R's own masked LM, fully fine-tuned, with no added parameters. An NLI pair
+    becomes a discrete cloze question in XLM-R's sentence-pair layout whose template words are
+    in a language l (``ClozeTemplate.pct``, task ``--input-format pct``)::
+
+        <s> X_P </s></s> Question_l: X_H ?_l Answer_l: <mask> </s>
+
+    and the answer is read from the label words at <mask> (``Verbalizer``; PCT's label words
+    are the same in every language). Training (criterion ``pct_loss``) pairs every English
+    question with an augmented question: the same pair under the template of a language
+    sampled from the target languages; the loss is the CE of both questions plus the symmetric
+    KL between their full-vocabulary <mask> distributions. At test time every language uses
+    its own template.
+    """
+
+    supports_alignment = False
+
+    def __init__(self, plm, label_word_ids, mask_idx, pad_idx, scoring="mlm"):
+        super().__init__()
+        self.plm, self.mask_idx, self.pad_idx = plm, mask_idx, pad_idx
+        self.verbalizer = Verbalizer(label_word_ids, scoring)
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        if task.cfg.input_format != "pct":
+            raise FairseqPLMError("--arch mpt_pct reads cross-lingual template questions: use --input-format pct")
+        return cls(load_task_plm(cfg, task, freeze=False), task.label_word_ids, task.dictionary.mask_index,
+                   task.dictionary.pad(), verbalizer_scoring(task))
+
+    def forward(self, src_tokens, src_lengths=None, **unused):
+        """MLM logits over the vocabulary at each row's <mask>: [B, V]."""
+        pad = src_tokens.eq(self.pad_idx)
+        hidden = self.plm(src_tokens, padding_mask=pad if pad.any() else None).hidden
+        return mask_logits(self.plm, hidden, src_tokens, self.mask_idx)
+
+    def label_log_probs(self, logits):
+        return self.verbalizer(logits)

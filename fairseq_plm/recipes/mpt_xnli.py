@@ -10,12 +10,15 @@ XLM-R base, AdamW (fairseq's ``adam`` decouples weight decay; the paper gives no
 none) at a constant lr 4e-5, batch 24, 50 epochs, maximum length 256, prompt length 4, alpha 0.5,
 seeds 1-5; the checkpoint with the best English development accuracy is evaluated.
 
-Table I: FT, SP and MPT for k in {1, 2, 4, ..., 256} shots. Table II (64 shots): MPT,
+Table I: FT, SP, PCT and MPT for k in {1, 2, 4, ..., 256} shots. PCT (Qi et al. 2022) asks
+each pair as a discrete question in its language's template and trains on every English
+question together with its copy under the template of one of the 14 target languages
+(``--arch mpt_pct --input-format pct --criterion pct_loss``). Table II (64 shots): MPT,
 "w/o consistency loss" (alpha = 1: no KL term, so the parallel corpus is not loaded and the
 translator, trained by the KL term alone, keeps its initial weights),
 "w/o external data" (the parallel pairs come from unlabelled XNLI data, see
 ``mpt_data xnli-parallel``), "w/o prompt translator" (p^T = p^S) and "w/o MPT framework"
-(= SP). PCT (Qi et al. 2022) is not part of this package.
+(= SP).
 """
 
 import argparse
@@ -39,6 +42,7 @@ def method_args(method, parallel, xnli_parallel=None):
     return {
         "FT": ["--arch", "mpt_ft", "--input-format", "pair", "--criterion", "mpt_loss", "--alpha", "1"],
         "SP": ["--arch", "mpt_sp", "--criterion", "mpt_loss", "--alpha", "1"],
+        "PCT": ["--arch", "mpt_pct", "--input-format", "pct", "--criterion", "pct_loss"],
         "MPT": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "0.5", "--parallel-data", parallel],
         # no KL term: the translator gets no gradient (DDP must be told), p^T = its initial map of p^S
         "w/o consistency loss": ["--arch", "mpt", "--criterion", "mpt_loss", "--alpha", "1",
@@ -82,7 +86,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     parallel = args.parallel or os.path.join(args.data, "parallel.tsv")
     if args.table == "table1":
-        methods, shots = ["FT", "SP", "MPT"], SHOTS
+        methods, shots = ["FT", "SP", "PCT", "MPT"], SHOTS
     else:
         methods, shots = ["MPT", "w/o consistency loss", "w/o external data", "w/o prompt translator",
                           "w/o MPT framework"], (64,)

@@ -14,6 +14,12 @@ way, from the development set, with ``--few-shot-seed`` (default ``--seed``); te
 used whole. ``--parallel-data`` (PAWS-15 style pairs) adds the cross-lingual alignment input of
 Eq. 5 to every training batch (see ``NLIWithParallelDataset``). Text is tokenized on the fly
 with the tokenizer of ``--plm``, so there is no binarization step.
+
+Input formats (``--input-format``): ``cloze`` (MPT's template with soft-prompt slots, models
+``mpt``/``mpt_sp``), ``pair`` (<s> X_P </s></s> X_H </s>, the FT baseline ``mpt_ft``) and ``pct``
+(PCT's discrete cross-lingual template, model ``mpt_pct``): every example is asked with the
+template of its own language, and each training example is paired with the same example under
+the template of a language drawn from ``--pct-langs`` (see ``PCTAugmentedDataset``).
 """
 
 import logging
@@ -25,8 +31,9 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
 
-from ..data.nli import (DEFAULT_VERBALIZER, LABELS, POSITIONS, XNLI_LANGUAGES, ClozeTemplate, NLIDataset,
-                        NLIExample, NLIWithParallelDataset, read_nli, read_parallel, sample_k_shot)
+from ..data.nli import (DEFAULT_VERBALIZER, INPUT_FORMATS, LABELS, POSITIONS, XNLI_LANGUAGES, ClozeTemplate,
+                        NLIDataset, NLIExample, NLIWithParallelDataset, PCTAugmentedDataset, read_nli, read_parallel,
+                        read_pct_templates, sample_k_shot, sample_template_languages)
 from ..plm.errors import FairseqPLMError
 from ..plm.hub import local_plm_path
 from ..plm.vocab import load_dictionary, make_encoder
@@ -53,11 +60,22 @@ class MPTNLIConfig(FairseqDataclass):
     verbalizer: str = field(
         default=DEFAULT_VERBALIZER, metadata={"help": "label words, label:word[|word...] comma-separated; "
                                                       "each word must be one token of the PLM"})
+    verbalizer_scoring: ChoiceEnum(["mlm", "renormalized"]) = field(
+        default="mlm", metadata={"help": "P^CLS of Eq. 2: mlm = W_Z P^MLM, the label words' probability under the "
+                                         "full-vocabulary softmax (the paper); renormalized = divided by its sum over "
+                                         "the labels (PET's practice). Same predictions, different training loss"})
     max_length: int = field(default=256, metadata={"help": "maximum input tokens (§IV-B: 256); longer "
                                                           "premise/hypothesis pairs are cut, longest first"})
-    input_format: ChoiceEnum(["cloze", "pair"]) = field(
+    input_format: ChoiceEnum(INPUT_FORMATS) = field(
         default="cloze", metadata={"help": "cloze: the MPT template (mpt, mpt_sp); pair: <s> X_P </s></s> X_H </s> "
-                                           "for the fine-tuning baseline (mpt_ft)"})
+                                           "for the fine-tuning baseline (mpt_ft); pct: PCT's cross-lingual "
+                                           "template question (mpt_pct)"})
+    pct_langs: str = field(
+        default="", metadata={"help": "PCT: languages whose templates augment each training question (default: "
+                                      "--test-langs without --source-lang, XNLI's 14 targets)"})
+    pct_templates: Optional[str] = field(
+        default=None, metadata={"help": "PCT: JSON file {lang: [question word, question mark, answer word]} adding "
+                                        "or replacing template languages"})
     test_langs: str = field(default=",".join(XNLI_LANGUAGES),
                             metadata={"help": "languages that fairseq-plm-mpt-eval reports (Table I columns)"})
     seed: int = II("common.seed")
@@ -70,9 +88,11 @@ class MPTNLITask(ExactBatchingMixin, FairseqTask):
     def __init__(self, cfg, dictionary, encode):
         super().__init__(cfg)
         self.dictionary = dictionary
-        self.template = ClozeTemplate(dictionary, encode, cfg.prompt_length, cfg.prompt_position, cfg.max_length)
+        pct_templates = read_pct_templates(getattr(cfg, "pct_templates", None))
+        self.template = ClozeTemplate(dictionary, encode, cfg.prompt_length, cfg.prompt_position, cfg.max_length,
+                                      pct_templates=pct_templates)
         self.num_labels = len(LABELS)
-        self.label_word_ids = self.template.label_word_ids(cfg.verbalizer) if cfg.input_format == "cloze" else None
+        self.label_word_ids = self.template.label_word_ids(cfg.verbalizer) if cfg.input_format != "pair" else None
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -120,19 +140,34 @@ class MPTNLITask(ExactBatchingMixin, FairseqTask):
             raise FairseqPLMError(f"{path} has no {lang!r} examples")
         return examples
 
-    def encode(self, examples, target_lang=None, shuffle=True):
-        ds = NLIDataset.encode(examples, self.template, self.cfg.source_lang, pair=self.cfg.input_format == "pair",
-                               seed=self.cfg.seed, shuffle=shuffle)
+    def encode(self, examples, target_lang=None, shuffle=True, template_langs=None):
+        ds = NLIDataset.encode(examples, self.template, self.cfg.source_lang, input_format=str(self.cfg.input_format),
+                               template_langs=template_langs, seed=self.cfg.seed, shuffle=shuffle)
         if target_lang is not None:
             ds.target_lang = [target_lang] * len(ds)
         return ds
 
+    def pct_langs(self):
+        """Languages whose templates PCT samples for the augmented questions."""
+        spec = getattr(self.cfg, "pct_langs", "") or self.cfg.test_langs
+        return [lang for lang in (x.strip() for x in spec.split(",")) if lang and lang != self.cfg.source_lang]
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        data = self.encode(self.read_split(split), shuffle=split == "train")
+        examples = self.read_split(split)
+        data = self.encode(examples, shuffle=split == "train")
+        if split == "train" and self.cfg.input_format == "pct":
+            langs = self.pct_langs()
+            for lang in langs:  # a clear error now rather than mid-training
+                self.template.pct("x", "x", lang)
+            augmented = self.encode(examples, template_langs=sample_template_languages(len(examples), langs,
+                                                                                       self.cfg.seed))
+            data = PCTAugmentedDataset(data, augmented, seed=self.cfg.seed)
+            logger.info(f"train: {len(examples)} questions, each with a question under the template of one of "
+                        f"{', '.join(langs)} (PCT)")
         if split == "train" and self.cfg.parallel_data:
             if self.cfg.input_format != "cloze":
                 raise FairseqPLMError("--parallel-data needs the cloze input (the KL alignment compares <mask> "
-                                      "predictions); the FT baseline trains without it")
+                                      "predictions with p^S and p^T); the FT and PCT baselines train without it")
             pairs = read_parallel(self.cfg.parallel_data)
             src = self.encode([NLIExample(p.src_premise, p.src_hypothesis, -1, self.cfg.source_lang) for p in pairs],
                               target_lang=False)

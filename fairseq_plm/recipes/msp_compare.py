@@ -92,6 +92,9 @@ def add_args(ap, systems_default):
     opt.add_argument("--warmup-updates", type=int, default=200)
     opt.add_argument("--prompt-length", type=int, default=32, help="prompt length of every prompting method")
     opt.add_argument("--seed", type=int, default=1)
+    opt.add_argument("--output-shortlist", default="none", metavar="none|auto|FILE",
+                     help="prompting methods: score only the target side's pieces in training and decoding "
+                          "(fairseq_plm/plm/shortlist.py); auto: the pieces of the training targets")
     gen = ap.add_argument_group("decoding")
     gen.add_argument("--beam", type=int, default=4)
     gen.add_argument("--batch-size", type=int, default=32, help="batched decoding")
@@ -168,7 +171,8 @@ def train_command(name, args, paths):
     else:
         _, arch, lr = PROMPT_SYSTEMS[name]
         flags = [paths["plm"], "--task", "plm_translation", "--arch", arch, "--plm", args.plm,
-                 "--prompt-length", args.prompt_length, "--adam-eps", "1e-9", "--lr", lr]
+                 "--prompt-length", args.prompt_length, "--adam-eps", "1e-9", "--lr", lr,
+                 "--output-shortlist", getattr(args, "output_shortlist", "none")]
     return [os.path.join(BIN, "fairseq-plm-train"), *map(str, flags + common)], save
 
 

@@ -43,11 +43,15 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=7.0, help="training budget of each system")
     ap.add_argument("--prompt-length", type=int, default=32)
     ap.add_argument("--test-size", type=int, default=200)
+    ap.add_argument("--output-shortlist", default="none", metavar="none|auto|FILE",
+                    help="MSP scores only the target side's pieces in training and decoding "
+                         "(fairseq_plm/plm/shortlist.py); auto: the pieces of the German training targets")
     a = ap.parse_args(argv)
     args = mc.check_args(ap, argparse.Namespace(
         plm=a.plm, raw=None, source_lang="en", target_lang="de", test_size=a.test_size, out=a.out,
         systems="msp,transformer,copy", minutes=a.minutes, jobs=2, threads=1, max_tokens=4096,
-        warmup_updates=200, prompt_length=a.prompt_length, seed=1, beam=4, batch_size=32, speed=False, cpu=True))
+        warmup_updates=200, prompt_length=a.prompt_length, seed=1, output_shortlist=a.output_shortlist,
+        beam=4, batch_size=32, speed=False, cpu=True))
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     mc.say(f"1/4 data: gettext En-De corpus, tokenized with {os.path.relpath(args.plm, os.getcwd())}'s "

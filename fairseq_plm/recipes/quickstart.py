@@ -50,7 +50,7 @@ def main(argv=None):
     args = mc.check_args(ap, argparse.Namespace(
         plm=a.plm, raw=None, source_lang="en", target_lang="de", test_size=a.test_size, out=a.out,
         systems="msp,transformer,copy", minutes=a.minutes, jobs=2, threads=1, max_tokens=4096,
-        warmup_updates=200, prompt_length=a.prompt_length, seed=1, output_shortlist=a.output_shortlist,
+        warmup_updates=50, prompt_length=a.prompt_length, seed=1, output_shortlist=a.output_shortlist,
         beam=4, batch_size=32, speed=False, cpu=True))
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)

@@ -416,12 +416,11 @@ def test_plm_with_one_changed_embedding_row_is_refused(trained, tmp_path):
 
 
 def test_checkpoint_with_a_version_1_fingerprint_still_loads(trained, tmp_path):
-    from fairseq_plm.compat import trusted_checkpoint_loading
+    from fairseq_plm.checkpoints import load_torch_file
     from fairseq_plm.plm.frozen import sampled_fingerprint_v1
     from fairseq_plm.plm.loading import load_plm
 
-    with trusted_checkpoint_loading():
-        state = torch.load(os.path.join(trained["save"], "checkpoint_last.pt"), map_location="cpu")
+    state = load_torch_file(os.path.join(trained["save"], "checkpoint_last.pt"))
     state["model"]["plm_fingerprint"] = sampled_fingerprint_v1(load_plm(trained["plm"]))
     old = str(tmp_path / "old.pt")
     torch.save(state, old)

@@ -40,15 +40,20 @@ def restricted(logits, ids):
 
 
 def msp_pair(tiny, task, ids):
-    """The same MSP model twice: with the shortlist, and scoring the full vocabulary."""
+    """The same MSP model twice: with the shortlist, and scoring the full vocabulary. Each has
+    its own PLM instance (not the process-wide shared one), so that a test may patch one."""
+    from fairseq_plm.plm.shared import sharing
+
     torch.manual_seed(0)
-    full = MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4), task).eval()
+    with sharing(False):
+        full = MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4), task).eval()
     with torch.no_grad():
         for p in full.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.5)
     torch.manual_seed(0)
-    short = MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4), task).eval()
+    with sharing(False):
+        short = MSPModel.build_model(MSPConfig(plm=tiny["plm"], prompt_length=4), task).eval()
     short.load_state_dict(full.state_dict())
     short.decoder.output_shortlist = shortlist_from_ids(ids, task.tgt_dict)
     return full, short
@@ -187,7 +192,7 @@ def test_auto_shortlist_is_the_training_targets_plus_specials(tiny, task, tmp_pa
 
 
 def test_msp_sga_and_ctc_nat_train_and_decode_with_a_shortlist_through_the_clis(tiny, tiny_xlmr, tmp_path):
-    from fairseq_plm.compat import trusted_checkpoint_loading
+    from fairseq_plm.checkpoints import load_torch_file
 
     runs = [("msp", tiny, ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
              ["--beam", "2", "--max-len-a", "0", "--max-len-b", "6"], "decoder.output_shortlist.ids"),
@@ -202,8 +207,7 @@ def test_msp_sga_and_ctc_nat_train_and_decode_with_a_shortlist_through_the_clis(
         cli("fairseq-plm-train", setup["data"], *plm, "--task", "plm_translation", "--arch", arch,
             "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "1000", "--max-update", "2",
             *crit, "--cpu", "--save-dir", save, "--no-epoch-checkpoints", "--output-shortlist", "auto")
-        with trusted_checkpoint_loading():
-            state = torch.load(save / "checkpoint_last.pt", map_location="cpu")
+        state = load_torch_file(str(save / "checkpoint_last.pt"))
         ids = state["model"][key]
         assert 10 < len(ids) < 300
         # decoding on a data directory without the training split: the checkpoint's shortlist

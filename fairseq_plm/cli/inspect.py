@@ -113,7 +113,7 @@ def read_checkpoint(path):
     """The raw checkpoint dict, read where the loaders read fairseq ``model.pt`` files."""
     from ..plm.loading import read_fairseq_checkpoint
 
-    return read_fairseq_checkpoint(path)
+    return read_fairseq_checkpoint(path, what="checkpoint")
 
 
 def _cfg_get(cfg, key, default=None):

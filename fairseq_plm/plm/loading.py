@@ -675,13 +675,13 @@ def load_weights(model: PretrainedLM, weights: WeightFile, mapper, source: str, 
 
 # ---------------------------------------------------------------- fairseq model.pt
 
-def read_fairseq_checkpoint(path: str) -> dict:
+def read_fairseq_checkpoint(path: str, what: str = "fairseq XLM-R checkpoint") -> dict:
     """The one place that unpickles a fairseq ``model.pt`` (args are an argparse.Namespace, or an
     omegaconf config under ``cfg``)."""
     from ..checkpoints import load_torch_file  # weights-only + fairseq's checkpoint types: runs no code
 
     try:
-        ckpt = load_torch_file(path, what="fairseq XLM-R checkpoint")
+        ckpt = load_torch_file(path, what=what)
     except FairseqPLMError as e:
         raise PLMLoadError(str(e)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:

@@ -16,7 +16,7 @@ if [[ -f $STAMP ]] && grep -qx "$want" $STAMP; then exit 0; fi
 
 echo "[setup] installing into .venv (first run takes a few minutes: fairseq-fixed compiles)" >&2
 [[ -x .venv/bin/python ]] || $PY -m venv .venv
-PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -qq)  # -qq: errors only (machines whose pip config lists absent local indexes warn per package)
 "${PIP[@]}" -r requirements.txt
 # both compile against the installed cython/numpy/torch, hence no build isolation;
 # fairseq-fixed without deps: its torchaudio requirement would pull CUDA builds of torch.

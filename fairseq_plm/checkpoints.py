@@ -165,9 +165,10 @@ def _sniff(path, what):
     raise FairseqPLMError(f"{path} is not a torch {what} (it starts with {head[:8]!r})")
 
 
-def load_torch_file(path, what="checkpoint"):
+def load_torch_file(path, what="checkpoint", mmap=False):
     """``torch.load(path)`` with weights-only unpickling and the checkpoint allowlist.
-    Every failure is a FairseqPLMError naming the file; a refused type runs nothing."""
+    Every failure is a FairseqPLMError naming the file; a refused type runs nothing.
+    ``mmap``: map a zip-format file's tensors instead of reading them (for reading metadata)."""
     _sniff(path, what)
     if _trusted(path):
         logger.warning(f"{TRUST_ENV}: loading {path} with full unpickling (it can run code)")
@@ -177,7 +178,8 @@ def load_torch_file(path, what="checkpoint"):
             raise FairseqPLMError(f"cannot read {what} {path}: {_first_line(e)}") from None
     with _LOCK, torch.serialization.safe_globals(list(checkpoint_globals())):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=bool(mmap) and zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
             refused = refused_type(str(e))
             if refused is None and "Weights only load failed" not in str(e):

@@ -196,3 +196,30 @@ def test_fairseq_xlmr_model_pt_with_a_payload_is_refused(tmp_path):
     with pytest.raises(PLMLoadError, match=f"{plm / 'model.pt'}: refused to load: it holds posix.system"):
         load_plm(str(plm))
     assert not marker.exists()
+
+
+def test_no_code_of_the_package_unpickles_outside_the_safe_loader():
+    """Every ``torch.load`` call of the package (CLIs, recipes, benchmarks) is weights-only:
+    the one full unpickling is the documented opt-in inside ``checkpoints.load_torch_file``
+    (FAIRSEQ_PLM_TRUST_CHECKPOINTS). A new reader that loads a checkpoint another way fails here."""
+    import ast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders, opt_ins = [], []
+    for top in ("fairseq_plm", "benchmarks"):
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, root)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                            and node.func.attr == "load" and isinstance(node.func.value, ast.Name)
+                            and node.func.value.id == "torch"):
+                        continue
+                    weights_only = next((k.value for k in node.keywords if k.arg == "weights_only"), None)
+                    if isinstance(weights_only, ast.Constant) and weights_only.value is True:
+                        continue
+                    (opt_ins if rel == os.path.join("fairseq_plm", "checkpoints.py") else offenders).append(
+                        f"{rel}:{node.lineno}")
+    assert not offenders, "unpickling outside the safe loader: " + ", ".join(offenders)
+    assert len(opt_ins) == 1, f"checkpoints.py should hold exactly one full unpickling (the opt-in): {opt_ins}"

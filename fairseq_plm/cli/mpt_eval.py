@@ -60,7 +60,9 @@ def accuracy(model, task, split, batch_size, use_cuda):
 def num_updates(path):
     """Updates recorded in a fairseq checkpoint (None if unreadable)."""
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        from ..checkpoints import load_torch_file  # the safe loader: runs no code from the file
+
+        state = load_torch_file(path, mmap=True)
         return int(state["optimizer_history"][-1]["num_updates"])
     except Exception:
         return None

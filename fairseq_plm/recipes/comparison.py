@@ -88,12 +88,9 @@ def cached(path, compute, redo=False):
 
 def checkpoint_state(path):
     """Updates done, training minutes spent and best validation loss, from a fairseq checkpoint."""
-    import torch
+    from ..checkpoints import load_torch_file  # the safe loader: runs no code from the file
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # not a zip-format file: no mmap
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_torch_file(path, mmap=True)
     extra = state.get("extra_state") or {}
     history = state.get("optimizer_history") or [{}]
     best = extra.get("best")

@@ -415,6 +415,24 @@ def test_plm_with_one_changed_embedding_row_is_refused(trained, tmp_path):
     assert len(re.findall(r"^H-\d+\t", p.stdout, flags=re.M)) == 13
 
 
+def test_resuming_against_another_plm_is_one_line(trained, tmp_path):
+    """fairseq's trainer re-raises a failed load_state_dict on resume as a generic Exception;
+    the error boundary reports our fingerprint refusal from its context, in one line."""
+    import shutil
+
+    from conftest import TRAIN_ARGS
+    from tiny import make_tiny_gpt
+
+    save = tmp_path / "ckpt"
+    shutil.copytree(trained["save"], save)
+    other = str(tmp_path / "other")
+    make_tiny_gpt(other, os.path.join(trained["plm"], "spiece.model"), seed=5)
+    p = cli("fairseq-plm-train", trained["data"], "--plm", other, *TRAIN_ARGS, "--max-epoch", "3",
+            "--save-dir", str(save), check=False)
+    line = one_line_error(p.stderr, "fairseq-plm-train")
+    assert p.returncode == 1 and "fingerprint" in line and "(resuming from " in line and "Traceback" not in p.stderr
+
+
 def test_checkpoint_with_a_version_1_fingerprint_still_loads(trained, tmp_path):
     from fairseq_plm.checkpoints import load_torch_file
     from fairseq_plm.plm.frozen import sampled_fingerprint_v1

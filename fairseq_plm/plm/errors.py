@@ -11,6 +11,8 @@ Known input failures:
     expected, a permission denied), e.g. fairseq's ``Dataset not found``;
   * fairseq's own argument checks: an ``AssertionError`` raised in a ``fairseq_cli`` script whose
     message names a flag ("Must specify batch size either with --max-tokens or --batch-size");
+  * any of those raised while fairseq's trainer loads a checkpoint to resume (it re-raises
+    them as a generic ``Exception``, the original as its context);
   * any of those raised inside a worker process of a data-parallel run (torch re-raises it in
     the parent as ``ProcessRaisedException`` holding the worker's traceback as text).
 A closed output pipe (``| head``) ends the command quietly; Ctrl-C prints one line (status 130).
@@ -48,6 +50,14 @@ def known_failure(e: BaseException):
         return str(e)
     if isinstance(e, AssertionError) and "--" in str(e) and _raised_in_fairseq_cli(e):
         return str(e)
+    if type(e) is Exception and str(e).startswith("Cannot load model parameters from checkpoint") \
+            and e.__context__ is not None:
+        # fairseq's trainer re-raises any failure of load_state_dict on resume as this generic
+        # Exception (the original as its context): report ours, e.g. a PLM fingerprint mismatch
+        inner = known_failure(e.__context__)
+        if inner is not None:
+            where = str(e)[len("Cannot load model parameters from checkpoint "):].split(";")[0]
+            return f"{inner} (resuming from {where})"
     if type(e).__name__ == "ProcessRaisedException":
         lines = [line for line in str(e).strip().splitlines() if line.strip()]
         m = _WORKER_ERROR.match(lines[-1]) if lines else None

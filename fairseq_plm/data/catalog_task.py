@@ -45,7 +45,6 @@ contradiction in the file):
 
 import collections
 import glob
-import gettext
 import hashlib
 import json
 import os
@@ -55,7 +54,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
-from .gettext_corpus import _FORMAT, _clean
+from .gettext_corpus import catalog_pairs
 from .nli import LABELS, write_tsv
 
 # XNLI languages with catalogs on Debian machines and in the demo XLM-R's pre-training text
@@ -100,22 +99,11 @@ def read_catalogs_with_domains(langs: Sequence[str], root: str = "/usr/share/loc
     for lang in langs:
         for path in sorted(glob.glob(os.path.join(root, lang, "LC_MESSAGES", "*.mo"))):
             domain = os.path.basename(path)[:-3]
-            try:
-                with open(path, "rb") as f:
-                    catalog = gettext.GNUTranslations(f)._catalog
-            except Exception:
+            pairs = catalog_pairs(path, max_chars)
+            if pairs is None:
                 continue  # unreadable catalog
             cats.files.setdefault(domain, []).append(path)
-            for src, tgt in sorted(catalog.items(), key=lambda kv: str(kv[0])):
-                if not isinstance(src, str) or not src or not isinstance(tgt, str) or not tgt:
-                    continue
-                if _FORMAT.search(src) or _FORMAT.search(tgt):
-                    continue
-                src, tgt = _clean(src), _clean(tgt)
-                if not (2 <= len(src.split()) <= 30) or len(src) > max_chars or len(tgt) > 2 * max_chars:
-                    continue
-                if src == tgt or "\t" in src + tgt:
-                    continue
+            for src, tgt in pairs:
                 cats.domains.setdefault(src, set()).add(domain)
                 cats.translations.setdefault(src, {}).setdefault(lang_code(lang), tgt)
     merge_duplicate_domains(cats)

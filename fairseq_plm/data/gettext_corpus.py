@@ -19,6 +19,30 @@ def _clean(text):
     return re.sub(r"\s+", " ", text)
 
 
+def catalog_pairs(path: str, max_chars: int = 120):
+    """The usable (English, translation) messages of one ``.mo`` catalog in a stable order, or
+    None when the file cannot be read: no format strings or markup, 2-30 English words, at most
+    ``max_chars`` characters (translations twice that), not copied untranslated, no tabs."""
+    try:
+        with open(path, "rb") as f:
+            catalog = gettext.GNUTranslations(f)._catalog
+    except Exception:
+        return None
+    pairs = []
+    for src, tgt in sorted(catalog.items(), key=lambda kv: str(kv[0])):
+        if not isinstance(src, str) or not src or not isinstance(tgt, str) or not tgt:
+            continue
+        if _FORMAT.search(src) or _FORMAT.search(tgt):
+            continue
+        src, tgt = _clean(src), _clean(tgt)
+        if not (2 <= len(src.split()) <= 30) or len(src) > max_chars or len(tgt) > 2 * max_chars:
+            continue
+        if src == tgt or "\t" in src + tgt:
+            continue
+        pairs.append((src, tgt))
+    return pairs
+
+
 def read_catalogs(lang: str, root: str = "/usr/share/locale", max_chars: int = 120):
     """Pairs (english, translation) from every catalog of ``lang``, deduplicated by English."""
     files = sorted(glob.glob(os.path.join(root, lang, "LC_MESSAGES", "*.mo")))
@@ -26,23 +50,10 @@ def read_catalogs(lang: str, root: str = "/usr/share/locale", max_chars: int = 1
         raise FileNotFoundError(f"no gettext catalogs under {os.path.join(root, lang, 'LC_MESSAGES')}")
     seen, pairs = set(), []
     for path in files:
-        try:
-            with open(path, "rb") as f:
-                catalog = gettext.GNUTranslations(f)._catalog
-        except Exception:
-            continue  # unreadable catalog: skip
-        for src, tgt in sorted(catalog.items(), key=lambda kv: str(kv[0])):
-            if not isinstance(src, str) or not src or not isinstance(tgt, str) or not tgt:
-                continue
-            if _FORMAT.search(src) or _FORMAT.search(tgt):
-                continue
-            src, tgt = _clean(src), _clean(tgt)
-            if not (2 <= len(src.split()) <= 30) or len(src) > max_chars or len(tgt) > 2 * max_chars:
-                continue
-            if src == tgt or src in seen or "\t" in src + tgt:
-                continue
-            seen.add(src)
-            pairs.append((src, tgt))
+        for src, tgt in catalog_pairs(path, max_chars) or ():
+            if src not in seen:
+                seen.add(src)
+                pairs.append((src, tgt))
     return pairs
 
 

@@ -321,7 +321,24 @@ class ClozeTemplate:
 
 # ------------------------------------------------------------------------------ datasets
 
-class NLIDataset(FairseqDataset):
+class _SizeOrderedDataset(FairseqDataset):
+    """Batches by length: ``sizes`` per item, a ``seed``-ed shuffle (unless ``shuffle`` is
+    False) then a stable sort by size, as fairseq's LanguagePairDataset orders them."""
+
+    shuffle = True
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def size(self, i):
+        return int(self.sizes[i])
+
+    def ordered_indices(self):
+        order = np.random.RandomState(self.seed).permutation(len(self)) if self.shuffle else np.arange(len(self))
+        return order[np.argsort(self.sizes[order], kind="mergesort")]
+
+
+class NLIDataset(_SizeOrderedDataset):
     """Encoded NLI examples. ``target_lang`` marks examples outside the source language: the
     model reads them with the translated prompt p^T (MPT §III-C, inference)."""
 
@@ -352,13 +369,6 @@ class NLIDataset(FairseqDataset):
     def num_tokens(self, i):
         return int(self.sizes[i])
 
-    def size(self, i):
-        return int(self.sizes[i])
-
-    def ordered_indices(self):
-        order = np.random.RandomState(self.seed).permutation(len(self)) if self.shuffle else np.arange(len(self))
-        return order[np.argsort(self.sizes[order], kind="mergesort")]
-
     def collater(self, samples):
         if not samples:
             return {}
@@ -377,7 +387,7 @@ def net_input(rows, pad):
             "target_lang": torch.tensor([bool(r["target_lang"]) for r in rows])}
 
 
-class NLIWithParallelDataset(FairseqDataset):
+class NLIWithParallelDataset(_SizeOrderedDataset):
     """The task data batched alongside the external parallel corpus (MPT Fig. 1-2).
 
     Item i is task example i mod N with parallel pair i mod M, so an epoch is one pass over
@@ -396,22 +406,12 @@ class NLIWithParallelDataset(FairseqDataset):
         self.sizes = np.maximum(task_data.sizes[self.task_index],
                                 np.maximum(src.sizes[self.par_index], tgt.sizes[self.par_index]))
 
-    def __len__(self):
-        return len(self.sizes)
-
     def __getitem__(self, i):
         j = int(self.par_index[i])
         return {"id": i, "task": self.task[int(self.task_index[i])], "src": self.src[j], "tgt": self.tgt[j]}
 
     def num_tokens(self, i):
         return 3 * int(self.sizes[i])
-
-    def size(self, i):
-        return int(self.sizes[i])
-
-    def ordered_indices(self):
-        order = np.random.RandomState(self.seed).permutation(len(self))
-        return order[np.argsort(self.sizes[order], kind="mergesort")]
 
     def collater(self, samples):
         if not samples:
@@ -423,7 +423,7 @@ class NLIWithParallelDataset(FairseqDataset):
                 "target": torch.tensor([s["task"]["label"] for s in samples])}
 
 
-class PCTAugmentedDataset(FairseqDataset):
+class PCTAugmentedDataset(_SizeOrderedDataset):
     """PCT's training data (Qi et al. 2022): every question (English template) with its
     augmented question, the same example under the template of a sampled other language.
 
@@ -438,21 +438,11 @@ class PCTAugmentedDataset(FairseqDataset):
         self.original, self.augmented, self.seed = original, augmented, seed
         self.sizes = np.maximum(original.sizes, augmented.sizes)
 
-    def __len__(self):
-        return len(self.sizes)
-
     def __getitem__(self, i):
         return {"id": i, "original": self.original[i], "augmented": self.augmented[i]}
 
     def num_tokens(self, i):
         return 2 * int(self.sizes[i])
-
-    def size(self, i):
-        return int(self.sizes[i])
-
-    def ordered_indices(self):
-        order = np.random.RandomState(self.seed).permutation(len(self))
-        return order[np.argsort(self.sizes[order], kind="mergesort")]
 
     def collater(self, samples):
         if not samples:

@@ -127,6 +127,18 @@ def train(save, data, flags, args, env=None):
     return cached(os.path.join(save, "trained.json"), run)
 
 
+def speed(value):
+    """A sentences/s cell of the comparison tables."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def relative_speed(row, reference):
+    """Batch-1 speed of ``row`` relative to ``reference`` (the table's baseline row), or n/a."""
+    if not reference or not row["sent_per_s_bs1"] or not reference["sent_per_s_bs1"]:
+        return "n/a"
+    return f"{row['sent_per_s_bs1'] / reference['sent_per_s_bs1']:.2f}x"
+
+
 def count_lines(path):
     with open(path, encoding="utf-8") as f:
         return sum(1 for _ in f)

@@ -343,22 +343,17 @@ def run_system(name, args, data, raw):
             **trained, **result}
 
 
-def speed(value):
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def table(rows, args):
     base = next((r for r in rows if r["system"] == "baseline"), None)
     lines = [f"| system | --systems | params (all) | params (trained) | updates | train min | best valid loss | BLEU | "
              f"sent/s (batch 1) | speed vs baseline | sent/s (batch {args.batch_size}) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        rel = (f"{r['sent_per_s_bs1'] / base['sent_per_s_bs1']:.2f}x"
-               if base and r["sent_per_s_bs1"] and base["sent_per_s_bs1"] else "n/a")
+        rel = cmp.relative_speed(r, base)
         lines.append(f"| {r['label']}{' (distilled data)' if r['distilled'] else ''} | {r['system']} | "
                      f"{r['params']:,} | {r['trained_params']:,} | {r['updates']:,} | {r['train_minutes']:.1f} | "
-                     f"{r['best_valid_loss']:.3f} | {r['bleu']:.2f} | {speed(r['sent_per_s_bs1'])} | {rel} | "
-                     f"{speed(r['sent_per_s_batched'])} |")
+                     f"{r['best_valid_loss']:.3f} | {r['bleu']:.2f} | {cmp.speed(r['sent_per_s_bs1'])} | {rel} | "
+                     f"{cmp.speed(r['sent_per_s_batched'])} |")
     return "\n".join(lines)
 
 

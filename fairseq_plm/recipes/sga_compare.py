@@ -423,20 +423,16 @@ def run_free_gen(args, raw, name):
 
 # ----------------------------------------------------------------------------- tables
 
-def speed(value):
-    return "n/a" if value is None else f"{value:.2f}"
-
-
 def table1(rows, args):
     at = next((r for r in rows if r["system"] == "at"), None)
     lines = [f"| system | --systems | trained params | updates | train min | BLEU | sent/s (batch 1) | "
              f"speed vs AT | sent/s (batch {args.batch_size}) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        rel = f"{r['sent_per_s_bs1'] / at['sent_per_s_bs1']:.2f}x" if at and r["sent_per_s_bs1"] else "n/a"
+        rel = cmp.relative_speed(r, at)
         lines.append(f"| {r['label']} | {r['system']} | {r['trained_params']:,} | {r['updates']:,} | "
-                     f"{r['train_minutes']:.1f} | {r['bleu']:.2f} | {speed(r['sent_per_s_bs1'])} | {rel} | "
-                     f"{speed(r['sent_per_s_batched'])} |")
+                     f"{r['train_minutes']:.1f} | {r['bleu']:.2f} | {cmp.speed(r['sent_per_s_bs1'])} | {rel} | "
+                     f"{cmp.speed(r['sent_per_s_batched'])} |")
     return "\n".join(lines)
 
 
@@ -445,8 +441,8 @@ def table4(t4, args):
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in t4["rows"]:
         meteor = f"{r['meteor']:.2f}" if r.get("meteor") is not None else "n/a"
-        lines.append(f"| {r['group']} | {r['iterations']} | {r['bleu']:.2f} | {meteor} | {speed(r['sent_per_s_bs1'])} | "
-                     f"{speed(r['sent_per_s_batched'])} |")
+        lines.append(f"| {r['group']} | {r['iterations']} | {r['bleu']:.2f} | {meteor} | {cmp.speed(r['sent_per_s_bs1'])} | "
+                     f"{cmp.speed(r['sent_per_s_batched'])} |")
     return "\n".join(lines)
 
 

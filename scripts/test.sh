@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+# one single-threaded pytest worker per core (at most 4; PYTEST_WORKERS overrides, 0 = no workers);
+# the cores are counted without OMP_NUM_THREADS, which GNU nproc would report instead
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+WORKERS=${PYTEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# one single-threaded pytest worker per core (at most 4; PYTEST_WORKERS overrides, 0 = no workers)
-WORKERS=${PYTEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}
 exec .venv/bin/python -m pytest -q -n "$WORKERS" tests "$@"

@@ -175,6 +175,42 @@ def test_decoding_runs_one_plm_forward_per_step_for_the_whole_batch(translator, 
     assert calls[0] == len(src) * len(GPT) * BEAM["beam"]
 
 
+def test_mixed_decoding_reads_one_batch_shared_prompt_table(translator, prompt_sets):
+    """The cost of mixing directions: decoding steps read the directions' prompts as one
+    [1, H, K*L, D] segment with each row masked to its own direction, never a per-row copy."""
+    from fairseq_plm.models import multi_prompt
+
+    src = sentences(prompt_sets, 3)
+    names = ["msp", "prefix", "ptune"]
+    seen = []
+    forward = multi_prompt.MultiPromptGPTDecoder.forward
+
+    def recording(self, prev_output_tokens, encoder_out=None, *a, **kw):
+        seen.append((prev_output_tokens.size(0), [k.shape for k in encoder_out["prompt_keys"]],
+                     encoder_out["prompt_padding_mask"][0].shape))
+        return forward(self, prev_output_tokens, encoder_out, *a, **kw)
+
+    multi_prompt.MultiPromptGPTDecoder.forward = recording
+    try:
+        translator.translate(src * len(names), [n for n in names for _ in src])
+    finally:
+        multi_prompt.MultiPromptGPTDecoder.forward = forward
+    rows, shapes, (k, width) = seen[0]
+    assert k == len(names) and rows == len(src) * len(names) * BEAM["beam"]
+    assert all(s[0] == 1 and s[2] == k * width for s in shapes)
+    assert all(s == shapes for _, s, _ in seen)
+
+
+def test_flat_table_mask_shows_each_row_its_own_prompt():
+    from fairseq_plm.models.multi_prompt import _flat_table_mask
+
+    padding = torch.tensor([[False, False, True], [False, False, False]])  # direction 0 has 2 positions
+    mask = _flat_table_mask(padding, torch.tensor([1, 0, 1]))
+    assert mask.tolist() == [[True, True, True, False, False, False],
+                             [False, False, True, True, True, True],
+                             [True, True, True, False, False, False]]
+
+
 def test_position_limit_is_per_row(prompt_sets):
     """Prompt tuning puts prompt, source and target in one position range, so a long source
     leaves few target positions. Each row stops at its own limit (fairseq's position-capped

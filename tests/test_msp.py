@@ -164,14 +164,23 @@ PAPER_COUNTS = [("msp_single_stage", [], 6.3e6), ("msp_two_stage", [], 12.6e6), 
 
 
 def test_trained_parameter_counts_match_msp_tables_1_and_5(mgpt_data, tmp_path):
-    for arch, extra, paper in PAPER_COUNTS:
-        p = cli("fairseq-plm-train", mgpt_data, "--task", "plm_translation", "--arch", arch, "--plm", "mgpt",
-                "--plm-random-init", "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "64", "--max-update", "1",
-                "--cpu", "--no-save", "--disable-validation", "--criterion", "label_smoothed_cross_entropy",
-                "--save-dir", tmp_path / arch, *extra)
-        log = p.stdout + p.stderr
-        total, trained = (int(x.replace(",", "")) for x in
-                          re.search(r"params: ([\d,]+) \(num\. trained: ([\d,]+)\)", log).groups())
+    """fairseq-train's own count for every setting, all in one process (fairseq's train entry
+    point per run, tests/train_many.py): the 560M random PLM is built once and shared."""
+    import json
+    import subprocess
+    import sys
+
+    argv = [[str(mgpt_data), "--task", "plm_translation", "--arch", arch, "--plm", "mgpt", "--plm-random-init",
+             "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "64", "--max-update", "1", "--cpu", "--no-save",
+             "--disable-validation", "--criterion", "label_smoothed_cross_entropy", "--save-dir",
+             str(tmp_path / arch), *extra] for arch, extra, _ in PAPER_COUNTS]
+    p = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "train_many.py"), json.dumps(argv)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-5000:]
+    counts = re.findall(r"shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)", p.stdout + p.stderr)
+    assert len(counts) == len(PAPER_COUNTS), (p.stdout + p.stderr)[-3000:]
+    for (arch, _, paper), (total, trained) in zip(PAPER_COUNTS, counts):
+        total, trained = int(total.replace(",", "")), int(trained.replace(",", ""))
         assert 550e6 < total - trained < 570e6, (arch, total)  # frozen mGPT: "about 560M"
         assert abs(trained - paper) / paper < 0.015, (arch, trained, paper)
 

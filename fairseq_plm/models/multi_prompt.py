@@ -10,10 +10,10 @@ encoder-decoder for ``SequenceGenerator`` (beam search):
   re-encoding stages, MSP Eq. 4-5) on its rows, so a sentence is encoded exactly as it is
   alone; the outputs are merged into per-row prefixes;
 * decoding (MSP Eq. 6): one PLM forward per step for all rows. Layer l's prefix is
-  [P_d of the row's direction; H_r of the row]: the directions' decoding prompts are stacked
-  into a small table [K, H, L, D] (K directions present, shorter prompts padded and masked)
-  and gathered per row one layer at a time, so no per-row copy of a prompt is kept across
-  steps (with a single direction the prompt stays one shared [1, H, L, D] segment);
+  [P_d of the row's direction; H_r of the row]: the directions' decoding prompts are laid
+  side by side in one batch-shared table [1, H, K*L, D] (K directions present, shorter prompts
+  padded), and each row's mask hides every position but its own direction's, so no per-row
+  copy of a prompt is made at any step (a single direction's prompt is its own table);
 * length: each row stops at its own limit, ``max_len_a * |x| + max_len_b`` of its direction
   and the PLM's last position (single-stage prompting and prompt tuning put the target after
   the source). fairseq caps a whole batch by its longest source instead; per-row limits make
@@ -22,8 +22,9 @@ encoder-decoder for ``SequenceGenerator`` (beam search):
 ``MultiPromptSGA`` (SGA, its variants) is the same for ``IterativeRefinementGenerator``: every
 direction runs its semantic encoder (Eq. 1-2) on its rows; each alignment (Eq. 4, CTC or
 Mask-Predict) and denoising (Eq. 6) pass is one PLM forward over all rows that take it, with
-the row's own unit prompt (gathered per layer from a table, as above), upsampling ratio,
-Mask-Predict iterations and ``--iter-decode-max-iter``. Its per-row steps follow
+the row's own unit prompt (gathered per row and layer from a [K, H, L, D] table: its passes
+have many queries, where concatenated keys are the fast path), upsampling ratio, Mask-Predict
+iterations and ``--iter-decode-max-iter``. Its per-row steps follow
 ``SGAModel.forward_decoder`` / ``SGAModel.mask_predict`` exactly (tested against them).
 """
 
@@ -42,10 +43,14 @@ from ..plm.vocab import frame
 
 # ------------------------------------------------------------------------------ shared pieces
 
-def _prompt_table(prompts, like):
+def _prompt_table(prompts, like, flat=False):
     """Per-direction prompts (each a per-layer list of (keys, values) [1, H, L_k, D], or []
     for none) -> per layer (keys, values) [K, H, L, D] with L = max L_k, and a padding mask
-    [K, L] (True = not a prompt position). None when no direction has a prompt."""
+    [K, L] (True = not a prompt position). None when no direction has a prompt.
+
+    ``flat``: with K > 1, each layer's table is laid out as one batch-shared segment
+    [1, H, K*L, D] (direction k's prompt at positions k*L..k*L+L-1) instead; a row then attends
+    to it with the other directions' positions masked (``_flat_table_mask``)."""
     lengths = [p[0][0].size(2) if p else 0 for p in prompts]
     width = max(lengths)
     if width == 0:
@@ -68,9 +73,21 @@ def _prompt_table(prompts, like):
                 if n < width:
                     t = F.pad(t, (0, 0, 0, width - n))
                 parts.append(t)
-            kv.append(torch.cat(parts, dim=0))
+            t = torch.cat(parts, dim=0)
+            if flat and len(prompts) > 1:
+                t = t.transpose(0, 1).reshape(1, t.size(1), -1, t.size(3))
+            kv.append(t)
         table.append(tuple(kv))
     return table, mask
+
+
+def _flat_table_mask(mask, slots):
+    """Padding mask [B, K*L] of a flat prompt table (``_prompt_table(flat=True)``) for rows of
+    directions ``slots``: a row sees its own direction's prompt positions only. Masked keys get
+    weight exactly 0, so the attention equals the row's prompt alone (MSP Eq. 6)."""
+    k = mask.size(0)
+    own = torch.arange(k, device=slots.device)[None, :] == slots[:, None]  # [B, K]
+    return (~own[:, :, None] | mask[None, :, :]).reshape(slots.size(0), -1)
 
 
 class RowPrefixes:
@@ -155,7 +172,9 @@ class MultiPromptGPTEncoder(FairseqEncoder):
             sub = _trim(src_tokens.index_select(0, rows), self.padding_idx)
             outs.append(self.models[k].encoder(sub, None if src_lengths is None else src_lengths[rows]))
         prompts = [list(zip(o["prompt_keys"], o["prompt_values"])) for o in outs]
-        table, prompt_mask = _prompt_table(prompts, src_tokens)
+        # decoding steps read the directions' prompts as one batch-shared flat table, so no
+        # per-row copy of a prompt is gathered per layer and step (the cost of mixing directions)
+        table, prompt_mask = _prompt_table(prompts, src_tokens, flat=True)
         rows = [r for _, r in groups]
         slot_of = {k: j for j, (k, _) in enumerate(groups)}
         slots = torch.tensor([slot_of[int(k)] for k in directions.tolist()], device=src_tokens.device)
@@ -214,7 +233,7 @@ class MultiPromptGPTDecoder(FairseqIncrementalDecoder):
         mask = encoder_out["src_padding_mask"][0]
         if table is not None:
             pm = encoder_out["prompt_padding_mask"][0]
-            pm = pm.index_select(0, slots) if pm.size(0) > 1 else pm.expand(slots.size(0), -1)
+            pm = _flat_table_mask(pm, slots) if pm.size(0) > 1 else pm.expand(slots.size(0), -1)
             mask = torch.cat([pm, mask], dim=1)
         out = self.plm(prev_output_tokens, prefix=prefix, prefix_padding_mask=mask,
                        padding_mask=prev_output_tokens.eq(self.padding_idx), position_ids=positions,

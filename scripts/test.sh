@@ -8,4 +8,8 @@ bash scripts/setup.sh --test
 CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 WORKERS=${PYTEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec .venv/bin/python -m pytest -q -n "$WORKERS" tests "$@"
+# a test module's tests on one worker (its module fixtures built once); session fixtures are
+# built once per run and shared by the workers (tests/conftest.py: built_once)
+DIST=()
+[ "$WORKERS" -gt 0 ] && DIST=(--dist loadscope)
+exec .venv/bin/python -m pytest -q -n "$WORKERS" "${DIST[@]}" tests "$@"

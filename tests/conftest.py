@@ -50,30 +50,56 @@ def isolate_fairseq_config_classes():
                 setattr(cls, name, value)
 
 
+def built_once(request, tmp_path_factory, name, build):
+    """Session data built once per test run, also under pytest-xdist: the first worker that
+    needs it builds it in the run's shared temporary directory, holding a file lock; the other
+    workers wait for the lock and read what it built (``build(dir)`` returns a JSON-able
+    description: paths). Without workers, a plain session fixture."""
+    worker = getattr(request.config, "workerinput", None)
+    if worker is None:
+        return build(str(tmp_path_factory.mktemp(name)))
+    import fcntl
+    import json
+    import shutil
+
+    root = tmp_path_factory.getbasetemp().parent / name  # one per run, seen by every worker
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root.parent / f"{name}.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way
+        root.mkdir()
+        value = build(str(root))
+        done.write_text(json.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
+def tiny(request, tmp_path_factory):
     """Tiny real setup: gettext En-De corpus (120 train, 13 valid, 13 test), T5-style spm,
     tiny random GPT in HF format, binarized data."""
     from tiny import make_tiny_setup
 
-    return make_tiny_setup(str(tmp_path_factory.mktemp("tiny")))
+    return built_once(request, tmp_path_factory, "tiny", make_tiny_setup)
 
 
 @pytest.fixture(scope="session")
-def tiny_xlmr(tiny, tmp_path_factory):
+def tiny_xlmr(request, tiny, tmp_path_factory):
     """The same gettext corpus, binarized for a tiny random XLM-R (HF format, XLM-R ids)."""
     from tiny import make_tiny_xlmr_setup
 
-    return make_tiny_xlmr_setup(str(tmp_path_factory.mktemp("tiny_xlmr")), corpus_raw=tiny["raw"])
+    return built_once(request, tmp_path_factory, "tiny_xlmr",
+                      lambda root: make_tiny_xlmr_setup(root, corpus_raw=tiny["raw"]))
 
 
 @pytest.fixture(scope="session")
-def tiny_fusion(tiny, tmp_path_factory):
+def tiny_fusion(request, tiny, tmp_path_factory):
     """The same gettext corpus for deep fusion: English source in a tiny random mBERT's WordPiece
     vocabulary (4 layers), German target in its own sentencepiece vocabulary."""
     from tiny import make_tiny_fusion_setup
 
-    return make_tiny_fusion_setup(str(tmp_path_factory.mktemp("tiny_fusion")), tiny["raw"])
+    return built_once(request, tmp_path_factory, "tiny_fusion", lambda root: make_tiny_fusion_setup(root, tiny["raw"]))
 
 
 TRAIN_ARGS = ["--task", "plm_translation", "--arch", "msp_single_stage", "--prompt-length", "8",
@@ -83,18 +109,24 @@ TRAIN_ARGS = ["--task", "plm_translation", "--arch", "msp_single_stage", "--prom
 
 
 @pytest.fixture(scope="session")
-def trained(tiny, tmp_path_factory):
+def trained(request, tiny, tmp_path_factory):
     """Two epochs of deep-prompt training through fairseq-plm-train."""
     from tiny import cli
 
-    save = str(tmp_path_factory.mktemp("ckpt"))
-    cli("fairseq-plm-train", tiny["data"], "--plm", tiny["plm"], *TRAIN_ARGS, "--max-epoch", "2",
-        "--save-dir", save)
-    return dict(tiny, save=save)
+    def train(save):
+        cli("fairseq-plm-train", tiny["data"], "--plm", tiny["plm"], *TRAIN_ARGS, "--max-epoch", "2",
+            "--save-dir", save)
+        return dict(tiny, save=save)
+
+    return built_once(request, tmp_path_factory, "ckpt", train)
 
 
 @pytest.fixture(scope="session")
-def prompt_sets(trained, tiny_xlmr, tmp_path_factory):
+def prompt_sets(request, trained, tiny_xlmr, tmp_path_factory):
+    return built_once(request, tmp_path_factory, "prompt_sets", lambda root: _prompt_sets(root, trained, tiny_xlmr))
+
+
+def _prompt_sets(root, trained, tiny_xlmr):
     """Prompt checkpoints on the tiny GPT (MSP, prefix tuning de->en, prompt tuning, next to
     ``trained``'s single-stage prompts) and on the tiny XLM-R (SGA with CTC and with
     Mask-Predict alignment), a few updates each, trained in one process."""
@@ -102,7 +134,9 @@ def prompt_sets(trained, tiny_xlmr, tmp_path_factory):
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("prompt_sets")
+    from pathlib import Path
+
+    root = Path(root)
     common = ["--task", "plm_translation", "--optimizer", "adam", "--lr", "0.01", "--max-tokens", "800", "--cpu",
               "--no-progress-bar", "--log-format", "simple", "--seed", "3", "--max-update", "2",
               "--no-epoch-checkpoints", "--no-save-optimizer-state", "--disable-validation"]

@@ -216,7 +216,6 @@ def test_position_limit_is_per_row(prompt_sets):
     leaves few target positions. Each row stops at its own limit (fairseq's position-capped
     beam search caps a whole batch by its longest source): the long text decodes exactly as
     alone, and a short text batched with it is not cut short."""
-    from fairseq.data import data_utils
 
     from fairseq_plm.tasks.plm_translation import PositionCappedGenerator
 

@@ -1,7 +1,6 @@
 """Backbone behaviour beyond numerical parity: freezing, presets at true size, bad input."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from fairseq_plm.models.msp import MSPConfig, MSPModel
 from fairseq_plm.plm import GPT, BertEncoder, PLMLoadError, load_plm, preset
 from fairseq_plm.plm.errors import FairseqPLMError
 from fairseq_plm.plm.modules import KVCache
-from fairseq_plm.plm.vocab import PLMDictionary, load_dictionary
+from fairseq_plm.plm.vocab import PLMDictionary
 
 
 def _count(model):

@@ -7,7 +7,7 @@ import pytest
 
 import torch
 
-from tiny import USER_DIR, cli
+from tiny import USER_DIR, cli, table_rows
 
 TRAIN = ["--user-dir", USER_DIR, "--task", "fusion_translation", "--criterion", "deep_fusion_loss",
          "--decoder-embed-dim", "32", "--decoder-ffn-embed-dim", "64", "--decoder-attention-heads", "4",
@@ -79,17 +79,6 @@ def compared(tmp_path_factory):
             "--decoder-attention-heads", "4", "--baseline-encoder-layers", "1", "--batch-size", "4",
             "--nat-iterations", "2", "--nat-length-beam", "2", "--speed-runs", "0", "--cpu"]
     return {"root": root, "raw": raw, "ptm": ptm, "args": args, "out": cli(*args).stdout}
-
-
-def table_rows(out):
-    lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| ---"))
-    rows = []
-    for line in lines[start + 1:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 def test_fusion_compare_table_and_resume(compared):

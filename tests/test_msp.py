@@ -10,8 +10,7 @@ import torch
 from fairseq_plm.models.msp import MSPConfig, MSPModel, PrefixTuningConfig, PrefixTuningModel, PromptTuningConfig, \
     PromptTuningModel
 from fairseq_plm.plm.prompts import DeepPrompt
-from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
-from tiny import cli, make_shape_only_data
+from tiny import cli, make_shape_only_data, translation_task
 
 VARIANTS = {
     "msp": (MSPModel, MSPConfig, {}),
@@ -26,11 +25,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def task(tiny):
-    cfg = PLMTranslationConfig(data=tiny["data"], source_lang="en", target_lang="de", dataset_impl=None,
-                               train_subset="train", required_seq_len_multiple=1, seed=1)
-    t = PLMTranslationTask.setup_task(cfg)
-    t.load_dataset("test")
-    return t
+    return translation_task(tiny["data"])
 
 
 def build(name, tiny, task, **kw):

@@ -5,12 +5,11 @@ import functools
 import glob
 import json
 import os
-import re
 
 import pytest
 
 from fairseq_plm.recipes import gettext_multilingual as gm
-from tiny import cli, make_corpus, make_tiny_xlmr, make_xlmr_spm
+from tiny import cli, make_corpus, make_tiny_xlmr, make_xlmr_spm, table_rows
 
 LOCALE = "/usr/share/locale"
 
@@ -91,18 +90,6 @@ def test_files_for_fairseq_preprocess(corpus, tmp_path):
     with pytest.raises(ValueError, match="--target-tags"):
         gm.write_corpus(gm.MultilingualCorpus(corpus.train, corpus.valid, corpus.test, SUPERVISED, []),
                         tmp_path / "enx", direction="en-x")
-
-
-def table_rows(out, header):
-    """The rows of the markdown table under ``header`` in the recipe's output, as lists of cells."""
-    lines = out[out.index(header):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| ---"))
-    rows = []
-    for line in lines[start + 1:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 @pytest.fixture(scope="module")

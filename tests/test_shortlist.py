@@ -18,18 +18,13 @@ from fairseq_plm.nat.ctc import ctc_loss
 from fairseq_plm.plm.errors import FairseqPLMError
 from fairseq_plm.plm.shortlist import build_output_shortlist, ids_in_binarized, shortlist_from_ids
 from fairseq_plm.plm.vocab import load_dictionary
-from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
 from test_sga import MASK, SRC, TGT, _Task, batch, tiny_sga
-from tiny import cli
+from tiny import cli, translation_task
 
 
 @pytest.fixture(scope="module")
 def task(tiny):
-    cfg = PLMTranslationConfig(data=tiny["data"], source_lang="en", target_lang="de", dataset_impl=None,
-                               train_subset="train", required_seq_len_multiple=1, seed=1)
-    t = PLMTranslationTask.setup_task(cfg)
-    t.load_dataset("test")
-    return t
+    return translation_task(tiny["data"])
 
 
 def restricted(logits, ids):

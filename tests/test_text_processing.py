@@ -1,6 +1,5 @@
 """MSP App. A.2 pre/post-processing and sacrebleu scoring."""
 
-import os
 
 from fairseq_plm.data.text_processing import bleu, remove_romanian_diacritics, restore_chinese_punctuation
 from tiny import cli

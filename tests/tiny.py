@@ -173,3 +173,27 @@ def make_tiny_fusion_setup(root, corpus_raw, nmt_vocab=200):
         "--testpref", os.path.join(tok, "test"), "--srcdict", plm, "--nwordstgt", "30000",
         "--destdir", data, "--workers", "1")
     return {"raw": corpus_raw, "plm": plm, "tok": tok, "data": data, "nmt_spm": nmt}
+
+
+def table_rows(out, header=None):
+    """The rows of the (first) markdown table in a recipe's output, or of the first one after
+    ``header``, as lists of cells."""
+    lines = (out if header is None else out[out.index(header):]).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| ---"))
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def translation_task(data, split="test"):
+    """A plm_translation task (En-De) on ``data`` with ``split`` loaded."""
+    from fairseq_plm.tasks.plm_translation import PLMTranslationConfig, PLMTranslationTask
+
+    cfg = PLMTranslationConfig(data=data, source_lang="en", target_lang="de", dataset_impl=None,
+                               train_subset="train", required_seq_len_multiple=1, seed=1)
+    t = PLMTranslationTask.setup_task(cfg)
+    t.load_dataset(split)
+    return t

@@ -47,6 +47,18 @@ def symmetric_kl(logits_s, logits_t):
     return ((ls.exp() - lt.exp()) * (ls - lt)).sum(dim=-1)
 
 
+def task_cross_entropy(model, sample):
+    """The model's outputs for the batch, the number n of task rows (the first ones; parallel or
+    augmented rows follow), -log P^CLS(y | X) over them (Eq. 3, batch mean) and its log entries."""
+    out = model(**sample["net_input"])
+    n = sample.get("n_task", out.size(0))
+    lprobs = model.label_log_probs(out[:n])
+    ce = F.nll_loss(lprobs, sample["target"])
+    log = {"ce_loss": ce.detach().item(), "ncorrect": int((lprobs.argmax(-1) == sample["target"]).sum()),
+           "nsentences": n, "ntokens": sample["ntokens"], "sample_size": 1}
+    return out, n, ce, log
+
+
 @register_criterion("mpt_loss", dataclass=MPTLossConfig)
 class MPTLoss(FairseqCriterion):
     def __init__(self, task, alpha=0.5):
@@ -56,12 +68,7 @@ class MPTLoss(FairseqCriterion):
         self.alpha = alpha
 
     def forward(self, model, sample, reduce=True):
-        out = model(**sample["net_input"])
-        n = sample.get("n_task", out.size(0))
-        lprobs = model.label_log_probs(out[:n])
-        ce = F.nll_loss(lprobs, sample["target"])  # Eq. 3, batch mean
-        log = {"ce_loss": ce.detach().item(), "ncorrect": int((lprobs.argmax(-1) == sample["target"]).sum()),
-               "nsentences": n, "ntokens": sample["ntokens"], "sample_size": 1}
+        out, n, ce, log = task_cross_entropy(model, sample)  # Eq. 3, batch mean
         loss = ce
         if out.size(0) > n:  # parallel rows: n sources with p^S, then their n translations with p^T
             if not getattr(model, "supports_alignment", False):
@@ -106,12 +113,7 @@ class PCTLoss(FairseqCriterion):
         self.weight = consistency_weight
 
     def forward(self, model, sample, reduce=True):
-        out = model(**sample["net_input"])
-        n = sample.get("n_task", out.size(0))
-        lprobs = model.label_log_probs(out[:n])
-        ce = F.nll_loss(lprobs, sample["target"])  # the original questions
-        log = {"ce_loss": ce.detach().item(), "ncorrect": int((lprobs.argmax(-1) == sample["target"]).sum()),
-               "nsentences": n, "ntokens": sample["ntokens"], "sample_size": 1}
+        out, n, ce, log = task_cross_entropy(model, sample)  # the original questions
         loss = ce
         if out.size(0) > n:  # the n augmented questions follow, in the same order
             if out.size(0) != 2 * n:

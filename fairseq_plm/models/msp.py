@@ -151,34 +151,61 @@ class StagedPromptEncoder(FairseqEncoder):
         return self.plm.cfg.max_positions - n
 
 
-class PrefixConditionedDecoder(FairseqIncrementalDecoder):
-    """Decoding stage: the frozen PLM continues behind the encoder's prefix, Eq. (6); output
-    probabilities through the tied embedding, Eq. (3)/(7). KV cache in fairseq's incremental state."""
+class CachedPLMDecoder(FairseqIncrementalDecoder):
+    """A frozen PLM continuing behind a prefix, with its KV cache in fairseq's incremental state
+    (what beam search reorders): the plumbing of ``PrefixConditionedDecoder`` and of the
+    multi-direction decoder of ``models/multi_prompt.py``."""
 
-    def __init__(self, dictionary, plm, output_shortlist=None):
+    def __init__(self, dictionary, plm):
         super().__init__(dictionary)
         self.plm = plm
         self.padding_idx = dictionary.pad()
-        self.output_shortlist = output_shortlist  # plm/shortlist.py; None: the full vocabulary
 
-    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
+    def new_steps(self, prev_output_tokens, incremental_state):
+        """(the tokens not yet in the cache, the cache or None, their step numbers [T])."""
         cache = None
         if incremental_state is not None:
             cache = self.get_incremental_state(incremental_state, "cache")
             if cache is not None:
                 prev_output_tokens = prev_output_tokens[:, cache.length:]
         past = 0 if cache is None else cache.length
-        t = prev_output_tokens.size(1)
-        positions = encoder_out["target_offset"][0][:, None] + past + torch.arange(t, device=prev_output_tokens.device)
-        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
-        prompt = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
-        prefix = _prefix(prompt, src) if prompt else src
-        out = self.plm(prev_output_tokens, prefix=prefix,
-                       prefix_padding_mask=encoder_out["prefix_padding_mask"][0],
-                       padding_mask=prev_output_tokens.eq(self.padding_idx), position_ids=positions,
+        steps = past + torch.arange(prev_output_tokens.size(1), device=prev_output_tokens.device)
+        return prev_output_tokens, cache, steps
+
+    def run_plm(self, tokens, prefix, prefix_padding_mask, positions, cache, incremental_state):
+        """One PLM forward behind ``prefix``; the new cache goes to the incremental state."""
+        out = self.plm(tokens, prefix=prefix, prefix_padding_mask=prefix_padding_mask,
+                       padding_mask=tokens.eq(self.padding_idx), position_ids=positions,
                        cache=cache, use_cache=incremental_state is not None)
         if incremental_state is not None:
             self.set_incremental_state(incremental_state, "cache", out.cache)
+        return out
+
+    def reorder_incremental_state(self, incremental_state, new_order):
+        cache = self.get_incremental_state(incremental_state, "cache")
+        if cache is not None:
+            self.set_incremental_state(incremental_state, "cache", cache.reorder(new_order))
+
+    def max_positions(self):
+        return self.plm.cfg.max_positions
+
+
+class PrefixConditionedDecoder(CachedPLMDecoder):
+    """Decoding stage: the frozen PLM continues behind the encoder's prefix, Eq. (6); output
+    probabilities through the tied embedding, Eq. (3)/(7). KV cache in fairseq's incremental state."""
+
+    def __init__(self, dictionary, plm, output_shortlist=None):
+        super().__init__(dictionary, plm)
+        self.output_shortlist = output_shortlist  # plm/shortlist.py; None: the full vocabulary
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
+        prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
+        positions = encoder_out["target_offset"][0][:, None] + steps
+        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
+        prompt = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
+        prefix = _prefix(prompt, src) if prompt else src
+        out = self.run_plm(prev_output_tokens, prefix, encoder_out["prefix_padding_mask"][0], positions, cache,
+                           incremental_state)
         extra = {"attn": [None], "inner_states": None}
         if features_only:
             return out.hidden, extra
@@ -198,14 +225,6 @@ class PrefixConditionedDecoder(FairseqIncrementalDecoder):
         if shortlist is None:
             return super().get_normalized_probs(net_output, log_probs, sample)
         return normalized_probs(net_output[0], shortlist, log_probs, extra.get("full_vocab") or sample is not None)
-
-    def reorder_incremental_state(self, incremental_state, new_order):
-        cache = self.get_incremental_state(incremental_state, "cache")
-        if cache is not None:
-            self.set_incremental_state(incremental_state, "cache", cache.reorder(new_order))
-
-    def max_positions(self):
-        return self.plm.cfg.max_positions
 
 
 # ------------------------------------------------------------------------------ models

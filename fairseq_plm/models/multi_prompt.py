@@ -34,11 +34,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.iterative_refinement_generator import DecoderOut
-from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel, FairseqIncrementalDecoder
+from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
 
 from ..nat.ctc import NEVER
 from ..nat.refinement import lengths_to_mask, lowest_scores_mask, mask_predict_count, upsample_by_duplication
 from ..plm.vocab import frame
+from .msp import CachedPLMDecoder
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -206,25 +207,16 @@ class MultiPromptGPTEncoder(FairseqEncoder):
         return min(m.encoder.max_positions() for m in self.models)
 
 
-class MultiPromptGPTDecoder(FairseqIncrementalDecoder):
+class MultiPromptGPTDecoder(CachedPLMDecoder):
     """MSP Eq. (6) for rows of several directions: the frozen PLM continues behind each row's
     [P_d; H_r], with a KV cache in fairseq's incremental state."""
 
     def __init__(self, dictionary, plm):
-        super().__init__(dictionary)
-        self.plm = plm
-        self.padding_idx = dictionary.pad()
+        super().__init__(dictionary, plm)
         self.eos = dictionary.eos()
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
-        cache = None
-        if incremental_state is not None:
-            cache = self.get_incremental_state(incremental_state, "cache")
-            if cache is not None:
-                prev_output_tokens = prev_output_tokens[:, cache.length:]
-        past = 0 if cache is None else cache.length
-        t = prev_output_tokens.size(1)
-        steps = past + torch.arange(t, device=prev_output_tokens.device)
+        prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
         positions = encoder_out["target_offset"][0][:, None] + steps
         table = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"])) or None
         src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
@@ -235,11 +227,7 @@ class MultiPromptGPTDecoder(FairseqIncrementalDecoder):
             pm = encoder_out["prompt_padding_mask"][0]
             pm = _flat_table_mask(pm, slots) if pm.size(0) > 1 else pm.expand(slots.size(0), -1)
             mask = torch.cat([pm, mask], dim=1)
-        out = self.plm(prev_output_tokens, prefix=prefix, prefix_padding_mask=mask,
-                       padding_mask=prev_output_tokens.eq(self.padding_idx), position_ids=positions,
-                       cache=cache, use_cache=incremental_state is not None)
-        if incremental_state is not None:
-            self.set_incremental_state(incremental_state, "cache", out.cache)
+        out = self.run_plm(prev_output_tokens, prefix, mask, positions, cache, incremental_state)
         if features_only:
             return out.hidden, {"attn": [None], "inner_states": None}
         logits = self.plm.logits(out.hidden)
@@ -249,14 +237,6 @@ class MultiPromptGPTDecoder(FairseqIncrementalDecoder):
             eos_only[self.eos] = 0.0
             logits = torch.where(stop[..., None], eos_only, logits)
         return logits, {"attn": [None], "inner_states": None}
-
-    def reorder_incremental_state(self, incremental_state, new_order):
-        cache = self.get_incremental_state(incremental_state, "cache")
-        if cache is not None:
-            self.set_incremental_state(incremental_state, "cache", cache.reorder(new_order))
-
-    def max_positions(self):
-        return self.plm.cfg.max_positions
 
 
 class MultiPromptGPT(FairseqEncoderDecoderModel):

@@ -48,7 +48,7 @@ import subprocess
 import time
 
 from ..data.gettext_corpus import read_catalogs, split_pairs, write_splits
-from .common import BIN, USER_DIR, encode_and_binarize, run_cli, write_results
+from .common import BIN, encode_and_binarize, run_cli, write_results
 
 PROMPT_SYSTEMS = {  # name -> (label, arch, learning rate)
     "msp": ("MSP", "msp", 0.02),

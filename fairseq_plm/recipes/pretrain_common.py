@@ -34,7 +34,6 @@ import glob
 import gettext
 import hashlib
 import json
-import math
 import os
 import random
 import shlex
@@ -161,6 +160,19 @@ def build_text(langs, weights=None, seed=1, root=LOCALE_ROOT, valid_band=0.01):
                       "train_sentences": len(split["train"][0]), "train_documents": len(split["train"][1]),
                       "valid_sentences": len(split["valid"][0]), "valid_documents": len(split["valid"][1])}
     return split
+
+
+def start(args):
+    """A recipe's first steps: seed, output directory, and the pre-training text of
+    ``args.langs`` (``build_text``), with what was held out logged."""
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    text = build_text(args.langs, args.weights, args.seed)
+    (mono, docs) = text["train"]
+    log(f"{len(mono)} monolingual sentences, {len(docs)} bilingual documents; held out: "
+        f"{text['stats']['held_out_english']} English messages and {text['stats']['held_out_translations']} "
+        f"translations ({text['stats']['dropped_pairs']} pairs)")
+    return text
 
 
 def train_spm(lines, prefix, vocab_size, layout="t5"):

@@ -24,7 +24,6 @@ published checkpoint; ``checkpoint.pt`` to resume (see ``pretrain_common``).
 """
 
 import math
-import os
 import random
 
 import sentencepiece as spm
@@ -34,7 +33,7 @@ from ..data.gettext_corpus import read_catalogs, split_pairs
 from ..plm.config import PLMConfig
 from ..plm.export import save_hf_gpt2
 from ..plm.gpt import GPT
-from .pretrain_common import BudgetTrainer, add_training_args, build_text, initial_model, log, parser, \
+from .pretrain_common import BudgetTrainer, add_training_args, initial_model, log, parser, start, \
     tokenizer_for
 
 LANGS = ["de", "nl", "da", "sv", "fr", "es", "it", "pt"]
@@ -63,14 +62,8 @@ def main(argv=None):
     add_training_args(p, "tiny GPT", lr=1e-3)
     p.set_defaults(weights={"de": 4})
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-
-    text = build_text(args.langs, args.weights, args.seed)
+    text = start(args)
     (mono, docs), (vmono, vdocs) = text["train"], text["valid"]
-    log(f"{len(mono)} monolingual sentences, {len(docs)} bilingual documents; held out: "
-        f"{text['stats']['held_out_english']} English messages and {text['stats']['held_out_translations']} "
-        f"translations ({text['stats']['dropped_pairs']} pairs)")
     sp = spm.SentencePieceProcessor(model_file=tokenizer_for(args, mono, docs, "spiece.model", "t5"))
     train = pack(sp, mono, docs, args.block + 1)
     valid = pack(sp, vmono, vdocs, args.block + 1)

@@ -38,7 +38,7 @@ from ..plm.config import PLMConfig
 from ..plm.export import save_hf_roberta
 from ..plm.vocab import xlmr_dictionary_from_spm
 from .gettext_multilingual import SUPERVISED, ZERO_SHOT
-from .pretrain_common import BudgetTrainer, add_training_args, build_text, initial_model, log, parser, \
+from .pretrain_common import BudgetTrainer, add_training_args, initial_model, log, parser, start, \
     tokenizer_for
 
 SPM_NAME = "sentencepiece.bpe.model"
@@ -117,14 +117,8 @@ def main(argv=None):
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens (padding included) per batch")
     add_training_args(p, "tiny XLM-R", lr=1e-3)
     args = p.parse_args(argv)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-
-    text = build_text(args.langs, args.weights, args.seed)
+    text = start(args)
     (mono, docs), (vmono, vdocs) = text["train"], text["valid"]
-    log(f"{len(mono)} monolingual sentences, {len(docs)} bilingual documents; held out: "
-        f"{text['stats']['held_out_english']} English messages and {text['stats']['held_out_translations']} "
-        f"translations ({text['stats']['dropped_pairs']} pairs)")
     sp = spm.SentencePieceProcessor(model_file=tokenizer_for(args, mono, docs, SPM_NAME, "xlmr"))
     dictionary = xlmr_dictionary_from_spm(os.path.join(args.out, SPM_NAME))
     table = spm_to_dictionary(sp, dictionary)

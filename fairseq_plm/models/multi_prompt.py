@@ -74,10 +74,8 @@ def _prompt_table(prompts, like, flat=False):
                 if n < width:
                     t = F.pad(t, (0, 0, 0, width - n))
                 parts.append(t)
-            t = torch.cat(parts, dim=0)
-            if flat and len(prompts) > 1:
-                t = t.transpose(0, 1).reshape(1, t.size(1), -1, t.size(3))
-            kv.append(t)
+            # flat: the padded [1, H, L, D] prompts side by side on the key axis
+            kv.append(torch.cat(parts, dim=2 if flat and len(prompts) > 1 else 0))
         table.append(tuple(kv))
     return table, mask
 

@@ -140,6 +140,47 @@ def test_scaled_reparameterization():
     assert torch.allclose(p()[1][1], 2.5 * p.phi[1, 1].view(3, 2, 4).transpose(0, 1)[None])  # Eq. 8-10
 
 
+def _graph_ops(tensors):
+    seen, todo, names = set(), [t.grad_fn for t in tensors], []
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.append(type(f).__name__)
+        todo += [g for g, _ in f.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("kind", ["deep", "mlp"])
+def test_prompt_layers_backward_once_not_per_layer(kind):
+    """The per-layer prompts are split off with unbind, so the backward stacks the layers'
+    gradients once. Indexing each layer (p[i, 0]) makes autograd zero-fill and add a gradient of
+    the whole prompt tensor per layer and key/value (15% of an MSP step at mGPT's shape). Same
+    gradient either way."""
+    from fairseq_plm.plm.prompts import MLPDeepPrompt
+
+    torch.manual_seed(0)
+    p = DeepPrompt(3, 2, 4, 5) if kind == "deep" else MLPDeepPrompt(3, 2, 4, 5, hidden=8, mid_dim=6)
+    layers = p()
+    ops = _graph_ops([t for kv in layers for t in kv])
+    assert "UnbindBackward0" in ops and "SelectBackward0" not in ops
+    weights = [torch.randn_like(t) for kv in layers for t in kv]
+    (sum((t * w).sum() for t, w in zip([t for kv in layers for t in kv], weights))).backward()
+    got = {n: q.grad.clone() for n, q in p.named_parameters()}
+    p.zero_grad()
+    # the same prompts by indexing, as a reference
+    if kind == "deep":
+        full = (torch.clamp(p.alpha, min=1.0) * p.phi).view(3, 2, 5, 2, 4).transpose(2, 3)
+    else:
+        full = p.mlp(p.embedding).view(5, 3, 2, 2, 4).permute(1, 2, 3, 0, 4)
+    ref = [full[i, j][None] for i in range(3) for j in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip([t for kv in layers for t in kv], ref))
+    (sum((t * w).sum() for t, w in zip(ref, weights))).backward()
+    for n, q in p.named_parameters():
+        torch.testing.assert_close(got[n], q.grad, msg=n)
+
+
 # ------------------------------------------------------------------ parameter counts at mGPT size
 
 @pytest.fixture(scope="module")

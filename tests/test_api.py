@@ -182,12 +182,13 @@ def test_mixed_decoding_reads_one_batch_shared_prompt_table(translator, prompt_s
 
     src = sentences(prompt_sets, 3)
     names = ["msp", "prefix", "ptune"]
-    seen = []
+    seen, masks = [], []
     forward = multi_prompt.MultiPromptGPTDecoder.forward
 
     def recording(self, prev_output_tokens, encoder_out=None, *a, **kw):
         seen.append((prev_output_tokens.size(0), [k.shape for k in encoder_out["prompt_keys"]],
-                     encoder_out["prompt_padding_mask"][0].shape))
+                     encoder_out["prefix_padding_mask"][0].shape, encoder_out["src_keys"][0].size(2)))
+        masks.append(encoder_out["prefix_padding_mask"][0])
         return forward(self, prev_output_tokens, encoder_out, *a, **kw)
 
     multi_prompt.MultiPromptGPTDecoder.forward = recording
@@ -195,10 +196,23 @@ def test_mixed_decoding_reads_one_batch_shared_prompt_table(translator, prompt_s
         translator.translate(src * len(names), [n for n in names for _ in src])
     finally:
         multi_prompt.MultiPromptGPTDecoder.forward = forward
-    rows, shapes, (k, width) = seen[0]
-    assert k == len(names) and rows == len(src) * len(names) * BEAM["beam"]
-    assert all(s[0] == 1 and s[2] == k * width for s in shapes)
-    assert all(s == shapes for _, s, _ in seen)
+    rows, shapes, (mask_rows, mask_width), src_width = seen[0]
+    assert rows == mask_rows == len(src) * len(names) * BEAM["beam"]
+    table_width = shapes[0][2]
+    assert all(s[0] == 1 and s[2] == table_width for s in shapes)
+    assert mask_width == table_width + src_width  # each row's mask covers [flat table; source]
+    assert all(s == shapes for _, s, _, _ in seen)
+    # each row sees only its own direction's block of the table: blocks of width L = width / K
+    width = table_width // len(names)
+    assert width * len(names) == table_width
+    visible = ~masks[0][:, :table_width]
+    blocks = set()
+    for row in visible:
+        pos = row.nonzero().squeeze(1)
+        if pos.numel():  # prompt tuning has no deep prompt: its rows see no table position
+            assert int(pos.min()) // width == int(pos.max()) // width
+            blocks.add(int(pos.min()) // width)
+    assert len(blocks) == 2  # MSP's and prefix tuning's
 
 
 def test_flat_table_mask_shows_each_row_its_own_prompt():

@@ -13,7 +13,8 @@ encoder-decoder for ``SequenceGenerator`` (beam search):
   [P_d of the row's direction; H_r of the row]: the directions' decoding prompts are laid
   side by side in one batch-shared table [1, H, K*L, D] (K directions present, shorter prompts
   padded), and each row's mask hides every position but its own direction's, so no per-row
-  copy of a prompt is made at any step (a single direction's prompt is its own table);
+  copy of a prompt is made at any step (a single direction's prompt is its own table); the
+  rows' masks are built once per batch by the encoder and reordered with the beams;
 * length: each row stops at its own limit, ``max_len_a * |x| + max_len_b`` of its direction
   and the PLM's last position (single-stage prompting and prompt tuning put the target after
   the source). fairseq caps a whole batch by its longest source instead; per-row limits make
@@ -39,7 +40,7 @@ from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
 from ..nat.ctc import NEVER
 from ..nat.refinement import lengths_to_mask, lowest_scores_mask, mask_predict_count, upsample_by_duplication
 from ..plm.vocab import frame
-from .msp import CachedPLMDecoder
+from .msp import CachedPLMDecoder, _prefix
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -92,7 +93,8 @@ def _flat_table_mask(mask, slots):
 class RowPrefixes:
     """Per-layer prefix segments computed on access: layer l gives
     ``[*before, (table keys, values) gathered by row slot, *after]``. The PLM reads one
-    layer at a time, so the gathered prompts of one layer exist at a time."""
+    layer at a time, so the gathered prompts of one layer exist at a time. (SGA's passes; MSP's
+    decoding steps read a flat table instead and need no gathering.)"""
 
     def __init__(self, table, slots, before=(), after=()):
         self.table, self.slots = table, slots
@@ -184,6 +186,11 @@ class MultiPromptGPTEncoder(FairseqEncoder):
         src_values = [_pad_rows([o["src_values"][i] for o in outs], rows, b, width, 2) for i in range(layers)]
         src_mask = _pad_rows([o["prefix_padding_mask"][0][:, o["prefix_padding_mask"][0].size(1) - w:]
                               for o, w in zip(outs, widths)], rows, b, width, 1, fill=True)
+        if table is not None:
+            # each row's mask over [the flat prompt table; its source], built once per batch and
+            # reordered with the beams like the source (decoding steps only read it)
+            pm = _flat_table_mask(prompt_mask, slots) if len(groups) > 1 else prompt_mask.expand(b, -1)
+            src_mask = torch.cat([pm, src_mask], dim=1)
         offset = _per_row(rows, [o["target_offset"][0].long() for o in outs], b)
         # per-row length limits: the direction's max_len_a * |x| + max_len_b (|x| without
         # </s>, as SequenceGenerator counts it) and the PLM's last position
@@ -191,11 +198,10 @@ class MultiPromptGPTEncoder(FairseqEncoder):
         a = src_tokens.new_tensor([self.limits[k][0] for k in directions.tolist()], dtype=torch.float64)
         c = src_tokens.new_tensor([self.limits[k][1] for k in directions.tolist()], dtype=torch.float64)
         limit = torch.minimum((a * n + c).long(), self.plm.cfg.max_positions - 1 - offset).clamp(min=1)
-        return {"slots": [slots], "src_keys": src_keys, "src_values": src_values, "src_padding_mask": [src_mask],
+        return {"src_keys": src_keys, "src_values": src_values, "prefix_padding_mask": [src_mask],
                 "target_offset": [offset], "max_len": [limit],
                 "prompt_keys": [] if table is None else [k for k, _ in table],
-                "prompt_values": [] if table is None else [v for _, v in table],
-                "prompt_padding_mask": [] if table is None else [prompt_mask]}
+                "prompt_values": [] if table is None else [v for _, v in table]}
 
     def reorder_encoder_out(self, encoder_out, new_order):
         return {k: (v if k.startswith("prompt_") else [t.index_select(0, new_order) for t in v])
@@ -216,16 +222,11 @@ class MultiPromptGPTDecoder(CachedPLMDecoder):
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
         prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
         positions = encoder_out["target_offset"][0][:, None] + steps
-        table = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"])) or None
+        table = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
         src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
-        slots = encoder_out["slots"][0]
-        prefix = RowPrefixes(table, slots, after=[src])
-        mask = encoder_out["src_padding_mask"][0]
-        if table is not None:
-            pm = encoder_out["prompt_padding_mask"][0]
-            pm = _flat_table_mask(pm, slots) if pm.size(0) > 1 else pm.expand(slots.size(0), -1)
-            mask = torch.cat([pm, mask], dim=1)
-        out = self.run_plm(prev_output_tokens, prefix, mask, positions, cache, incremental_state)
+        prefix = _prefix(table, src) if table else src
+        out = self.run_plm(prev_output_tokens, prefix, encoder_out["prefix_padding_mask"][0], positions, cache,
+                           incremental_state)
         if features_only:
             return out.hidden, {"attn": [None], "inner_states": None}
         logits = self.plm.logits(out.hidden)

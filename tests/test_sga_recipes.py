@@ -5,6 +5,7 @@ import functools
 import glob
 import json
 import os
+import re
 
 import pytest
 
@@ -109,7 +110,7 @@ def test_sga_compare_table_1_rows_and_resume(tiny_sga_data, tmp_path):
     """SGA and XLM-R w. AT initialization on a tiny random XLM-R; a rerun trains and decodes nothing."""
     raw, plm = tiny_sga_data
     args = ["python", "-m", "fairseq_plm.recipes.sga_compare", "--raw", raw, "--plm", plm, "-s", "de", "-t", "en",
-            "--out", tmp_path / "out", "--systems", "sga,xlmr_at_init", *SGA_COMPARE]
+            "--out", tmp_path / "out", "--systems", "sga,xlmr_at_init", "--speed-sentences", "4", *SGA_COMPARE]
     out = cli(*args).stdout
     rows = table_rows(out, "Table 1")
     assert [r[1] for r in rows] == ["sga", "xlmr_at_init"]
@@ -121,6 +122,13 @@ def test_sga_compare_table_1_rows_and_resume(tiny_sga_data, tmp_path):
     sga, at_init = results
     assert at_init["trained_params"] > 10 * sga["trained_params"]  # every XLM-R parameter vs prompts
     assert "BLEU: sacrebleu nrefs:1|case:mixed" in out
+    # batch 1 timed on 4 of the 10 test sentences (1 in 3 by length), BLEU on all 10
+    assert "batch-1 speed on 4 test sentences, 1 in 3 of the 10 sorted by length" in out
+    for s in ("sga", "xlmr_at_init"):
+        bs1 = (tmp_path / "out" / s / "gen-test-bs1.out").read_text()
+        batched = (tmp_path / "out" / s / "gen-test-batched.out").read_text()
+        assert len(re.findall(r"^H-\d+\t", bs1, flags=re.M)) == 4
+        assert len(re.findall(r"^H-\d+\t", batched, flags=re.M)) == 10
     logs = {s: (tmp_path / "out" / s / "train.log").read_text() for s in ("sga", "xlmr_at_init")}
     again = cli(*args).stdout  # resumed: finished systems and decodings are skipped
     assert table_rows(again, "Table 1") == rows

@@ -24,6 +24,7 @@ row reports the updates it reached and the training minutes it used.
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -61,6 +62,40 @@ def budget_flags(args):
     if args.save_interval_updates:
         flags += ["--save-interval-updates", args.save_interval_updates, "--keep-interval-updates", 1]
     return flags
+
+
+def add_speed_args(gen):
+    gen.add_argument("--speed-runs", type=int, default=1,
+                     help="batch-size-1 runs averaged (the paper: 3; 0: no batch-size-1 run, speed n/a)")
+    gen.add_argument("--speed-sentences", type=int, default=0, metavar="N",
+                     help="time batch size 1 on about N test sentences spread over all lengths (every k-th of "
+                          "the length-sorted test split, k = ceil(test size / N)) instead of the whole split; "
+                          "BLEU always comes from the batched decoding of the whole split (0: whole split)")
+
+
+def batch1_speed(data, flags, path, out_file, n_ref, args, env=None):
+    """fairseq's sentences/s at batch size 1 averaged over ``--speed-runs`` runs (None for 0):
+    on the whole test split or, with ``--speed-sentences N``, on shard 0 of k = ceil(n / N) of
+    it. fairseq-generate shards its batches by ``--distributed-world-size`` / ``--distributed-rank``
+    (batches 0, k, 2k, ... of the length-sorted split; at batch size 1 one sentence each), so the
+    sample spans every length and each of its sentences must get a hypothesis."""
+    if not args.speed_runs:
+        return None
+    k = math.ceil(n_ref / args.speed_sentences) if args.speed_sentences else 1
+    shard = ["--distributed-world-size", k, "--distributed-rank", 0] if k > 1 else []
+    runs = [generate(data, [*flags, *shard], path, 1, out_file, math.ceil(n_ref / k), args, env)
+            for _ in range(args.speed_runs)]
+    return sum(runs) / len(runs)
+
+
+def speed_note(args, n_test):
+    """What the batch-size-1 column measured, for the note under a table."""
+    if not args.speed_runs:
+        return "batch-1 speed not measured (--speed-runs 0)"
+    k = math.ceil(n_test / args.speed_sentences) if args.speed_sentences else 1
+    sample = (f"{math.ceil(n_test / k)} test sentences, 1 in {k} of the {n_test} sorted by length" if k > 1
+              else f"all {n_test} test sentences")
+    return f"batch-1 speed on {sample}, {args.speed_runs} run(s) averaged"
 
 
 def device_flags(args):

@@ -46,8 +46,8 @@ PTM_DIR is a bidirectional encoder (mBERT or XLM-R, HuggingFace or fairseq forma
    not in the default list: no_twp_tsp (-L_TWP -L_TSP), freeze_ptm (``--ptm-update frozen``),
    no_pretraining (``--plm-random-init``), twp_multiset (``--twp-bag multiset``);
 
-4. translates the whole test split from checkpoint_best.pt at batch size 1 and at
-   ``--batch-size`` (AT: beam 4, the paper; NAT: 10 Mask-Predict iterations, 5 length
+4. translates the whole test split from checkpoint_best.pt at batch size 1 (or an evenly
+   spread sample of it: ``--speed-sentences``) and at ``--batch-size`` (AT: beam 4, the paper; NAT: 10 Mask-Predict iterations, 5 length
    candidates) and prints one table: parameters (all / trained), updates and training minutes
    reached in the budget, best valid loss, sacrebleu BLEU (``fairseq-plm-score`` on the
    detokenized output against RAW/test.TGT, signature under the table), sentences/s at batch
@@ -131,7 +131,7 @@ def parse_args(argv=None):
     gen.add_argument("--nat-iterations", type=int, default=10, help="NAT: Mask-Predict iterations (paper: 10)")
     gen.add_argument("--nat-length-beam", type=int, default=5, help="NAT: length candidates (paper: 5)")
     gen.add_argument("--batch-size", type=int, default=64, help="batched decoding (speed at 1 is always measured)")
-    gen.add_argument("--speed-runs", type=int, default=1, help="batch-size-1 runs averaged (0: none, speed n/a)")
+    cmp.add_speed_args(gen)
     ap.add_argument("--cpu", action="store_true", help="train and decode on the CPU even if CUDA is available")
     ap.add_argument("--train-extra", default="", help="extra fairseq-train flags for every system (one string)")
     ap.add_argument("--gen-extra", default="", help="extra fairseq-generate flags for every system (one string)")
@@ -329,12 +329,10 @@ def run_system(name, args, data, raw):
 
     def decode():
         env = {"PYTHONWARNINGS": "ignore"}
-        one = [cmp.generate(test_data, flags, path, 1, os.path.join(save, "gen-bs1.out"), n_ref, args, env)
-               for _ in range(args.speed_runs)]
+        one = cmp.batch1_speed(test_data, flags, path, os.path.join(save, "gen-bs1.out"), n_ref, args, env)
         batched_out = os.path.join(save, "gen-batched.out")
         batched = cmp.generate(test_data, flags, path, args.batch_size, batched_out, n_ref, args, env)
-        return {**cmp.score(batched_out, ref), "sent_per_s_bs1": sum(one) / len(one) if one else None,
-                "sent_per_s_batched": batched}
+        return {**cmp.score(batched_out, ref), "sent_per_s_bs1": one, "sent_per_s_batched": batched}
 
     if not os.path.exists(os.path.join(save, "decode-test.json")):
         say(f"{name}: translate the test set at batch size 1 ({args.speed_runs} run(s)) and {args.batch_size}")
@@ -376,7 +374,8 @@ def main(argv=None):
     note = (f"{args.source_lang}->{args.target_lang}, {n_test} test sentences; budget {budget} per system; "
             f"BLEU: sacrebleu {rows[0]['signature']} on the detokenized batched output of checkpoint_best.pt "
             f"(AT: beam {args.beam}; NAT: {args.nat_iterations} Mask-Predict iterations, {args.nat_length_beam} "
-            f"length candidates); valid loss: each system's own training criterion on valid (base 2; "
+            f"length candidates); speed: fairseq-generate's sentences/s ({cmp.speed_note(args, n_test)}); "
+            f"valid loss: each system's own training criterion on valid (base 2; "
             f"translation only for deep fusion); train min: fairseq's training time at the last checkpoint")
     if args.m_skipped:
         note += (f"\nM = {', '.join(map(str, args.m_skipped))} left out: the PTM's {ptm_shape(args.plm)[0]} layers "

@@ -41,7 +41,8 @@ default list) adds the other reading of that row: a separately trained ``--arch 
 model (CTC alignment over twice the predicted length), without and with denoising.
 
 Every system decodes the whole test split at batch size 1 (the paper's speed setting,
-``--speed-runs`` runs averaged) and at ``--batch-size``; the tables give sacrebleu BLEU (through
+``--speed-runs`` runs averaged; ``--speed-sentences N`` times an evenly spread sample of N
+sentences instead) and at ``--batch-size``; the tables give sacrebleu BLEU (through
 ``fairseq-plm-score`` on the detokenized batched output against RAW/test.TGT; its signature
 under the table), METEOR for Table 4 when requirements-eval.txt is installed, trained
 parameters, the updates and training minutes each system reached in its budget, and fairseq's
@@ -126,8 +127,7 @@ def parse_args(argv=None):
     model.add_argument("--baseline-dropout", type=float, help="override the baselines' dropout (paper: 0.3)")
     gen = ap.add_argument_group("generation")
     gen.add_argument("--batch-size", type=int, default=64, help="batched decoding (speed at 1 is always measured)")
-    gen.add_argument("--speed-runs", type=int, default=1,
-                     help="batch-size-1 runs averaged (paper: 3; 0: no batch-size-1 run, speed n/a)")
+    cmp.add_speed_args(gen)
     gen.add_argument("--iter-decode-max-iter", type=int, default=10,
                      help="SGA: at most this many denoising loops (it stops earlier when the output is unchanged)")
     gen.add_argument("--cmlm-max-iter", type=int, default=9, help="Mask-Predict: refinement steps (9 = 10 passes)")
@@ -338,12 +338,10 @@ def decode(args, data, save, path, gen_flags, tag, ref, src, tgt, metrics=("bleu
     flags = [*gen_flags, "-s", src, "-t", tgt, *detokenizer_flags(args.plm)]
 
     def run():
-        one = [cmp.generate(data, flags, path, 1, os.path.join(save, f"gen-{tag}-bs1.out"), n_ref, args)
-               for _ in range(args.speed_runs)]
+        one = cmp.batch1_speed(data, flags, path, os.path.join(save, f"gen-{tag}-bs1.out"), n_ref, args)
         batched_out = os.path.join(save, f"gen-{tag}-batched.out")
         batched = cmp.generate(data, flags, path, args.batch_size, batched_out, n_ref, args)
-        return {**cmp.score(batched_out, ref, metrics), "sent_per_s_bs1": sum(one) / len(one) if one else None,
-                "sent_per_s_batched": batched}
+        return {**cmp.score(batched_out, ref, metrics), "sent_per_s_bs1": one, "sent_per_s_batched": batched}
 
     return cmp.cached(os.path.join(save, f"decode-{tag}.json"), run)
 
@@ -466,7 +464,8 @@ def main(argv=None):
         texts.append(f"Table 1 ({args.source_lang}->{args.target_lang})\n\n" + table1(rows, args))
         notes.append(f"Table 1: {n_test} test sentences ({raw}); budget {budget_text(args)} per system; BLEU: "
                      f"sacrebleu {rows[0]['signature']} on the detokenized batched output; speed: fairseq-generate's "
-                     f"sentences/s; train min: fairseq's training time at the last checkpoint")
+                     f"sentences/s ({cmp.speed_note(args, n_test)}); train min: fairseq's training time at the "
+                     f"last checkpoint")
         results["table1"] = rows
     t4_models = [s for s in (FREE_GEN, FREE_GEN_CTC) if s in args.systems]
     if t4_models:

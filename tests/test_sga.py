@@ -343,6 +343,30 @@ def test_zero_mask_predict_iterations_align_with_the_ctc_denoiser():
         generate(no_denoiser, d, SRC)
 
 
+@pytest.mark.parametrize("setting", ["mask_predict", "mask_predict_zero_iterations", "ctc_free"])
+def test_predicted_length_is_capped_so_the_canvas_fits_the_plm(setting):
+    """A length predictor with more classes than the PLM has positions for the canvas (the
+    default --max-target-length 256 on a 256-position XLM-R, with the 2x denoiser canvas) may
+    predict a length whose canvas does not fit: it is capped at the model's max target length,
+    and decoding runs instead of failing."""
+    model, d = tiny_sga(alignment="mask_predict")
+    cfg = SGAConfig(plm="tiny", prompt_length=3, max_target_length=64,
+                    **({"ctc_canvas": "predicted"} if setting == "ctc_free" else {"alignment": "mask_predict"}))
+    torch.manual_seed(0)
+    model = SGAModel.from_plm(cfg, model.plm, d).eval()
+    if setting == "mask_predict_zero_iterations":
+        model.cfg.mask_predict_iterations = 0
+    with torch.no_grad():
+        model.encoder.length_head.bias.fill_(-100.0)
+        model.encoder.length_head.bias[63] = 100.0  # every sentence predicted 63 tokens long
+    cap = model.max_positions()[1]
+    assert cap == (62 // 2 if setting != "ctc_free" else 62 // model.cfg.upsample_ratio) < 63
+    enc = model.forward_encoder(batch(SRC))
+    assert model._predicted_lengths(enc).tolist() == [cap] * len(SRC)
+    hyps = generate(model, d, SRC, max_iter=2)
+    assert len(hyps) == len(SRC) and all(len(h[0]["tokens"]) <= 2 * cap for h in hyps)
+
+
 def test_ctc_alignment_over_the_predicted_length_for_free_generation():
     """--ctc-canvas predicted (sga_ctc_free): the CTC canvas is r x |y| (gold in training,
     predicted at inference), and a length term trains the predictor."""

@@ -362,7 +362,10 @@ class SGAModel(FrozenPLMMixin, BaseFairseqModel):
         return DecoderOut(output_tokens=canvas, output_scores=scores, attn=None, step=0, max_step=0, history=None)
 
     def _predicted_lengths(self, encoder_out):
-        return encoder_out["length_logits"][0].argmax(dim=-1).clamp(min=1)
+        """The length predictor's argmax, at most the longest target whose canvas fits the PLM's
+        positions (``max_positions()``: 2n for the Mask-Predict denoiser, r n for sga_ctc_free):
+        its classes reach ``--max-target-length``, which a barely trained predictor may choose."""
+        return encoder_out["length_logits"][0].argmax(dim=-1).clamp(min=1, max=self.max_positions()[1])
 
     def forward_decoder(self, decoder_out, encoder_out, decoding_format=None, **unused):
         step, tokens = decoder_out.step, decoder_out.output_tokens

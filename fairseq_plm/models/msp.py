@@ -172,6 +172,19 @@ class CachedPLMDecoder(FairseqIncrementalDecoder):
         steps = past + torch.arange(prev_output_tokens.size(1), device=prev_output_tokens.device)
         return prev_output_tokens, cache, steps
 
+    def continue_prefix(self, prev_output_tokens, encoder_out, incremental_state):
+        """MSP Eq. (6): the frozen PLM continues behind the encoder's prefix per layer
+        [prompt; activations] (prompt segment shared by the batch, its padding mask per row).
+        Returns (the PLM's output for the new tokens, their step numbers [T])."""
+        prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
+        positions = encoder_out["target_offset"][0][:, None] + steps
+        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
+        prompt = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
+        prefix = _prefix(prompt, src) if prompt else src
+        out = self.run_plm(prev_output_tokens, prefix, encoder_out["prefix_padding_mask"][0], positions, cache,
+                           incremental_state)
+        return out, steps
+
     def run_plm(self, tokens, prefix, prefix_padding_mask, positions, cache, incremental_state):
         """One PLM forward behind ``prefix``; the new cache goes to the incremental state."""
         out = self.plm(tokens, prefix=prefix, prefix_padding_mask=prefix_padding_mask,
@@ -199,13 +212,7 @@ class PrefixConditionedDecoder(CachedPLMDecoder):
         self.output_shortlist = output_shortlist  # plm/shortlist.py; None: the full vocabulary
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
-        prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
-        positions = encoder_out["target_offset"][0][:, None] + steps
-        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
-        prompt = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
-        prefix = _prefix(prompt, src) if prompt else src
-        out = self.run_plm(prev_output_tokens, prefix, encoder_out["prefix_padding_mask"][0], positions, cache,
-                           incremental_state)
+        out, _ = self.continue_prefix(prev_output_tokens, encoder_out, incremental_state)
         extra = {"attn": [None], "inner_states": None}
         if features_only:
             return out.hidden, extra

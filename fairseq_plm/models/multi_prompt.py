@@ -40,7 +40,7 @@ from fairseq.models import FairseqEncoder, FairseqEncoderDecoderModel
 from ..nat.ctc import NEVER
 from ..nat.refinement import lengths_to_mask, lowest_scores_mask, mask_predict_count, upsample_by_duplication
 from ..plm.vocab import frame
-from .msp import CachedPLMDecoder, _prefix
+from .msp import CachedPLMDecoder
 
 
 # ------------------------------------------------------------------------------ shared pieces
@@ -220,13 +220,8 @@ class MultiPromptGPTDecoder(CachedPLMDecoder):
         self.eos = dictionary.eos()
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
-        prev_output_tokens, cache, steps = self.new_steps(prev_output_tokens, incremental_state)
-        positions = encoder_out["target_offset"][0][:, None] + steps
-        table = list(zip(encoder_out["prompt_keys"], encoder_out["prompt_values"]))
-        src = list(zip(encoder_out["src_keys"], encoder_out["src_values"]))
-        prefix = _prefix(table, src) if table else src
-        out = self.run_plm(prev_output_tokens, prefix, encoder_out["prefix_padding_mask"][0], positions, cache,
-                           incremental_state)
+        # the prompt segment is the directions' flat table; each row's mask shows its own block
+        out, steps = self.continue_prefix(prev_output_tokens, encoder_out, incremental_state)
         if features_only:
             return out.hidden, {"attn": [None], "inner_states": None}
         logits = self.plm.logits(out.hidden)

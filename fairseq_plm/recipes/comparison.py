@@ -73,6 +73,11 @@ def add_speed_args(gen):
                           "BLEU always comes from the batched decoding of the whole split (0: whole split)")
 
 
+def speed_shards(n_test, args):
+    """k: batch size 1 is timed on 1 in k test sentences (``--speed-sentences``; 1: all)."""
+    return math.ceil(n_test / args.speed_sentences) if args.speed_sentences else 1
+
+
 def batch1_speed(data, flags, path, out_file, n_ref, args, env=None):
     """fairseq's sentences/s at batch size 1 averaged over ``--speed-runs`` runs (None for 0):
     on the whole test split or, with ``--speed-sentences N``, on shard 0 of k = ceil(n / N) of
@@ -81,7 +86,7 @@ def batch1_speed(data, flags, path, out_file, n_ref, args, env=None):
     sample spans every length and each of its sentences must get a hypothesis."""
     if not args.speed_runs:
         return None
-    k = math.ceil(n_ref / args.speed_sentences) if args.speed_sentences else 1
+    k = speed_shards(n_ref, args)
     shard = ["--distributed-world-size", k, "--distributed-rank", 0] if k > 1 else []
     runs = [generate(data, [*flags, *shard], path, 1, out_file, math.ceil(n_ref / k), args, env)
             for _ in range(args.speed_runs)]
@@ -92,7 +97,7 @@ def speed_note(args, n_test):
     """What the batch-size-1 column measured, for the note under a table."""
     if not args.speed_runs:
         return "batch-1 speed not measured (--speed-runs 0)"
-    k = math.ceil(n_test / args.speed_sentences) if args.speed_sentences else 1
+    k = speed_shards(n_test, args)
     sample = (f"{math.ceil(n_test / k)} test sentences, 1 in {k} of the {n_test} sorted by length" if k > 1
               else f"all {n_test} test sentences")
     return f"batch-1 speed on {sample}, {args.speed_runs} run(s) averaged"

@@ -47,8 +47,8 @@ PTM_DIR is a bidirectional encoder (mBERT or XLM-R, HuggingFace or fairseq forma
    no_pretraining (``--plm-random-init``), twp_multiset (``--twp-bag multiset``);
 
 4. translates the whole test split from checkpoint_best.pt at batch size 1 (or an evenly
-   spread sample of it: ``--speed-sentences``) and at ``--batch-size`` (AT: beam 4, the paper; NAT: 10 Mask-Predict iterations, 5 length
-   candidates) and prints one table: parameters (all / trained), updates and training minutes
+   spread sample of it: ``--speed-sentences``) and at ``--batch-size`` (AT: beam 4, the
+   paper; NAT: 10 Mask-Predict iterations, 5 length candidates) and prints one table: parameters (all / trained), updates and training minutes
    reached in the budget, best valid loss, sacrebleu BLEU (``fairseq-plm-score`` on the
    detokenized output against RAW/test.TGT, signature under the table), sentences/s at batch
    size 1, relative to the baseline, and batched. Also OUT/results.{md,json}.

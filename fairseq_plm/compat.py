@@ -1,6 +1,6 @@
 """Every patch this package applies to fairseq or torch lives in this one file.
 
-fairseq-fixed 0.12.3.1 predates torch 2.6 and was only ever run on GPUs. Four things
+fairseq-fixed 0.12.3.1 predates torch 2.6 and was only ever run on GPUs. Five things
 need fixing for our users, and each is applied exactly once, on import of the package
 (which fairseq does for ``--user-dir``, and our ``fairseq-plm-*`` entry points do first):
 
@@ -35,9 +35,19 @@ need fixing for our users, and each is applied exactly once, on import of the pa
    autoregressive hypothesis always holds ``</s>``, but a non-autoregressive one (CTC,
    all blanks) can be empty. ``_patch_bleu_scorer`` scores an empty hypothesis as
    ``</s>`` alone, exactly as fairseq scores an autoregressive model's empty translation.
+5. CPU training memory: glibc keeps the heap memory a training step frees for later reuse,
+   and with batch shapes that change every step that kept memory only grows. An SGA run on
+   the CPU (tiny-xlmr, 4,096 tokens per batch, whose step peaks at 6.3 GiB) reached 13.8 GiB
+   of resident memory after 360 updates and was killed by the kernel next to a second job.
+   ``_patch_cpu_heap_release`` hands that memory back (``malloc_trim``) after a CPU
+   training step once the process holds a quarter of the machine's memory and has grown by
+   ``HEAP_RELEASE_BYTES`` since the last release; CUDA training and non-glibc systems are
+   untouched.
 """
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import socket
@@ -290,6 +300,69 @@ def _patch_bleu_scorer():
     bleu.Scorer.add = add_empty_safe
 
 
+HEAP_RELEASE_BYTES = 1 << 30  # growth since the last release that makes a release worth its page faults
+HEAP_RELEASE_SHARE = 0.25      # ... once the process holds this share of the machine's memory
+
+
+class _HeapRelease:
+    """``malloc_trim(0)`` (glibc): freed heap pages go back to the system, live tensors are
+    untouched. Due when the process holds more than ``HEAP_RELEASE_SHARE`` of the machine's
+    memory and has grown ``HEAP_RELEASE_BYTES`` since the previous release. Below that share
+    nothing is done: a released page costs a page fault when the next step touches it again
+    (measured: ~10% of an SGA step on the CPU when released after every step). A no-op where
+    glibc or /proc is missing."""
+
+    def __init__(self):
+        self.baseline = 0
+        try:
+            self._trim = ctypes.CDLL(None).malloc_trim
+            self._page = os.sysconf("SC_PAGE_SIZE")
+            self.machine = os.sysconf("SC_PHYS_PAGES") * self._page
+            self.resident()
+        except (OSError, AttributeError, ValueError):
+            self._trim = None
+
+    def resident(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def __call__(self, force=False):
+        """Releases and returns True when due (or ``force``)."""
+        if self._trim is None:
+            return False
+        if not force:
+            now = self.resident()
+            if now < HEAP_RELEASE_SHARE * self.machine or now - self.baseline < HEAP_RELEASE_BYTES:
+                return False
+        self._trim(0)
+        self.baseline = self.resident()
+        return True
+
+
+release_freed_heap = _HeapRelease()
+
+
+def _patch_cpu_heap_release():
+    from fairseq.trainer import Trainer
+
+    if not getattr(Trainer.train_step, MARKER, False):
+        Trainer.train_step = _releasing_heap_on_cpu(Trainer.train_step)
+
+
+def _releasing_heap_on_cpu(step):
+    """``Trainer.train_step`` followed, on a CPU trainer, by ``release_freed_heap()``."""
+
+    @functools.wraps(step)
+    def train_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        if self.device.type == "cpu":
+            release_freed_heap()
+        return out
+
+    setattr(train_step, MARKER, True)
+    return train_step
+
+
 def make_package_path_unique(package):
     if not isinstance(package.__path__, _AnyFairseqPlmPath):
         package.__path__ = _AnyFairseqPlmPath(package.__path__)
@@ -302,4 +375,5 @@ def apply():
     _patch_checkpoint_loading()
     _patch_cpu_distributed()
     _patch_bleu_scorer()
+    _patch_cpu_heap_release()
     _APPLIED = True
